@@ -26,7 +26,8 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "kioskd", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "kioskd", *args], check=False, capture_output=True,
+                          text=True,
                           env={"PATH": "/usr/bin:/bin", **(env or {})}, cwd=REPO, timeout=60)
 
 
