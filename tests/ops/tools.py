@@ -7,6 +7,8 @@ import subprocess
 
 import pytest
 
+from tests.ops.fake_secrets import SECRET
+
 
 def require(program: str, debian_package: str) -> str:
     path = shutil.which(program) or shutil.which(program, path="/usr/sbin:/sbin:/usr/bin:/lib/systemd")
@@ -25,3 +27,10 @@ def promtool_check(exposition: bytes) -> subprocess.CompletedProcess[str]:
         timeout=60,
         check=False,
     )
+
+
+def assert_no_secret(text: str, secret: str | None = None) -> None:
+    """Fail if ``secret`` occurs in ``text``, without printing either (the failure must not leak it)."""
+    leaked = (secret or SECRET) in text
+    if leaked:
+        pytest.fail("a secret appeared in the output (not shown here)", pytrace=False)
