@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -103,6 +105,27 @@ def response_done(rid: str, status: str = "completed", usage: Any = USAGE_CAPTUR
                   details: Any = None) -> dict[str, Any]:
     return ga({"type": "response.done", "response": {"id": rid, "object": "realtime.response", "status": status,
                                                       "status_details": details, "output": [], "usage": usage}})
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def kioskd_log() -> Iterator[list[logging.LogRecord]]:
+    """What the core logs (on kioskd's logger, whatever its handlers and propagation)."""
+    logger = logging.getLogger("kioskd")
+    handler, level = _Records(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    yield handler.records
+    logger.removeHandler(handler)
+    logger.setLevel(level)
 
 
 @pytest.fixture
@@ -368,13 +391,14 @@ def test_expiry_and_auth_errors_end_the_session(core: RealtimeSession, code: str
          "expiry-str", "ms-float"],
 )
 def test_malformed_events_become_logged_non_fatal_errors(
-    core: RealtimeSession, event: dict[str, Any], caplog: pytest.LogCaptureFixture
+    core: RealtimeSession, event: dict[str, Any], kioskd_log: list[logging.LogRecord]
 ) -> None:
     actions = core.handle(event)
     assert len(actions) == 1 and isinstance(actions[0], ServerError)
     assert actions[0].code == "malformed_event" and not actions[0].fatal
     assert event["type"] in actions[0].message
-    assert any(getattr(r, "ERROR_CODE", None) == "malformed_event" for r in caplog.records)
+    assert [getattr(r, "ERROR_CODE", None) for r in kioskd_log] == ["malformed_event"]
+    assert kioskd_log[0].levelno == logging.WARNING
     assert core.handle(response_created("resp_9")) == [ResponseStarted("resp_9")]  # and life goes on
 
 
