@@ -45,12 +45,12 @@ def _send_with_socket(message: str) -> bool:
 
 def _default_sender() -> Callable[[str], bool]:
     try:
-        from systemd import daemon
+        from systemd.daemon import notify
     except ImportError:
         return _send_with_socket
 
     def send(message: str) -> bool:
-        return bool(daemon.notify(message))
+        return bool(notify(message))
 
     return send
 
