@@ -1,7 +1,7 @@
 """ansible-core, community.general and ansible-lint in a virtualenv of their own, made on first use.
 
 They are heavy (about 570 MB with the collections) and their pins are not kioskd's, so they live outside
-.venv, in a cache directory that survives between runs on the same machine (KIOSKD_ANSIBLE_VENV to move
+.venv, in a cache directory that survives between runs on the same machine (TEST_KIOSKD_ANSIBLE_VENV to move
 it). The first run installs them from PyPI; later runs reuse them.
 """
 
@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 ANSIBLE_PINS = ("ansible==12.3.0", "ansible-lint==26.10.1")  # ansible 12.3 = ansible-core 2.19 + collections
-CACHE = Path(os.environ.get("KIOSKD_TEST_CACHE", "/var/cache/kioskd-test"))
-VENV = Path(os.environ.get("KIOSKD_ANSIBLE_VENV", CACHE / "ansible-venv"))
+CACHE = Path(os.environ.get("TEST_KIOSKD_CACHE", "/var/cache/kioskd-test"))
+VENV = Path(os.environ.get("TEST_KIOSKD_ANSIBLE_VENV", CACHE / "ansible-venv"))
 ANSIBLE_DIR = Path(__file__).resolve().parents[2] / "ansible"
 INSTALL_TIMEOUT_S = 1200
 

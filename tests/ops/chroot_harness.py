@@ -3,7 +3,7 @@
     sudo .venv/bin/python -m tests.ops.chroot_harness [--boot] [--keep]
 
 1. a pristine ``debootstrap --variant=minbase bookworm`` tree, made once and cached in
-   /var/cache/kioskd-test/rootfs-pristine (KIOSKD_TEST_CACHE moves the cache);
+   /var/cache/kioskd-test/rootfs-pristine (TEST_KIOSKD_CACHE moves the cache);
 2. a copy of it, this machine's extra CA certificates added (pip's TLS goes through them);
 3. ``ansible/tests/chroot-bootstrap.yml`` (python3, python3-apt, systemd), then ``site.yml`` through the
    ``community.general.chroot`` connection with a wheel built from this repository, then ``site.yml``
@@ -99,8 +99,8 @@ def add_host_ca_certificates(root: Path) -> None:
 
 
 def playbook_env(root: Path, wheel: Path) -> dict[str, str]:
-    env = ansible_env(ansible_venv(), KIOSKD_TEST_ROOTFS=str(root), KIOSKD_TEST_WHEEL=str(wheel),
-                      KIOSKD_TEST_API_KEY=TEST_KEY)
+    env = ansible_env(ansible_venv(), TEST_KIOSKD_ROOTFS=str(root), TEST_KIOSKD_WHEEL=str(wheel),
+                      TEST_KIOSKD_API_KEY=TEST_KEY)
     return {k: v for k, v in env.items() if not k.startswith(LEAKY_ENV)}
 
 

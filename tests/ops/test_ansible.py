@@ -48,8 +48,8 @@ def test_playbooks_pass_syntax_check(ansible_bin: Path, inventory: str) -> None:
 def render(ansible_bin: Path, out: Path, *extra_vars: str) -> tuple[str, str]:
     args = [arg for value in extra_vars for arg in ("-e", value)]
     done = run_ansible(ansible_bin, "ansible-playbook", "tests/render.yml",
-                       "-e", "kioskd_endpoint=https://contoso-kiosk.openai.azure.com", *args,
-                       KIOSKD_RENDER_DIR=str(out))
+                       "-e", "kioskd_endpoint=https://contoso-kiosk.openai.azure.com", "-e", f"kioskd_render_dir={out}",
+                       *args)
     assert done.returncode == 0, done.stdout + done.stderr
     return (out / "kioskd.service").read_text(), (out / "kioskd.toml").read_text()
 

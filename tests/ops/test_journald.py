@@ -21,7 +21,7 @@ def test_structured_fields_reach_the_real_journald() -> None:
     require("journalctl", "systemd")
     assert Path("/lib/systemd/systemd-journald").exists(), "needs systemd-journald (Debian package systemd)"
     env = {k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"}
-    env.update(PYTHONPATH=str(REPO), KIOSKD_TEST_SECRET=SECRET)
+    env.update(PYTHONPATH=str(REPO), TEST_KIOSKD_SECRET=SECRET)
     run = subprocess.run(
         ["unshare", "-m", "--propagation", "private", sys.executable, str(DRIVERS / "standalone_journald.py"),
          str(DRIVERS / "journal_emitter.py")],

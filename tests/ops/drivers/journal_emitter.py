@@ -1,6 +1,6 @@
 """Log the way kioskd does (kioskd.logs), for the journald test: one structured event, one with a secret.
 
-The secret comes from ``KIOSKD_TEST_SECRET``.
+The secret comes from ``TEST_KIOSKD_SECRET``.
 """
 
 from __future__ import annotations
@@ -23,4 +23,4 @@ def main(secret: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(os.environ["KIOSKD_TEST_SECRET"]))  # not argv: journald records the command line
+    sys.exit(main(os.environ["TEST_KIOSKD_SECRET"]))  # not argv: journald records the command line
