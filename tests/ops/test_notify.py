@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -11,7 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from kioskd.service import Freshness, LoopHeartbeat, Notifier, _send_with_socket, watchdog_interval
+from kioskd.service import (
+    Freshness,
+    LoopHeartbeat,
+    Notifier,
+    WatchdogPinger,
+    _send_with_socket,
+    watchdog_interval,
+)
 from tests.ops.notify_socket import Datagram, NotifySocket
 
 DRIVER = Path(__file__).parent / "drivers" / "notify_driver.py"
@@ -152,3 +160,29 @@ def test_freshness_and_heartbeat_age_with_the_clock() -> None:
     beat.beat(lag_s=0.01)
     now[0] += 3
     assert beat.age_s() == pytest.approx(3.0)
+
+
+@pytest.mark.asyncio
+async def test_a_raising_liveness_check_stops_pings_but_not_the_task(
+        notify_socket: NotifySocket, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NOTIFY_SOCKET", notify_socket.env)
+    flipped = asyncio.Event()
+
+    def liveness() -> bool:
+        raise RuntimeError("capture queue closed")
+
+    def on_change(alive: bool) -> None:
+        if not alive:
+            flipped.set()
+
+    pinger = WatchdogPinger(Notifier(), liveness, interval_s=0.05, tick_s=0.05, on_change=on_change)
+    task = asyncio.create_task(pinger.run())
+    try:
+        await asyncio.wait_for(flipped.wait(), TIMEOUT_S)
+        quiet = await asyncio.to_thread(notify_socket.collect, 0.5)
+        assert not quiet and pinger.pings == 0
+        assert not task.done(), "the pinger keeps beating the heartbeat"
+        age = pinger.heartbeat.age_s()
+        assert age is not None and age < TIMEOUT_S
+    finally:
+        task.cancel()
