@@ -1,0 +1,51 @@
+"""Fixtures shared by the whole suite: the virtual audio rig and synthesized speech."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.rig import AudioRig, missing_tools, synthesize
+
+Speak = Callable[..., Path]
+
+
+@pytest.fixture(scope="session")
+def speech_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("speech")
+
+
+@pytest.fixture(scope="session")
+def speak(speech_dir: Path) -> Speak:
+    """``speak("hey jarvis", voice="en-gb", rate=175) -> Path``: espeak-ng speech, made once per session."""
+
+    def make(text: str, *, voice: str = "en-us", rate: int = 175) -> Path:
+        return synthesize(text, speech_dir, voice=voice, rate=rate)
+
+    return make
+
+
+@pytest.fixture
+def audio_rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[AudioRig]:
+    """A private PulseAudio server as microphone and speaker, reached through ALSA's ``pulse`` device.
+
+    This process's environment points at it for the test (so sounddevice, used in-process, finds it) and
+    PortAudio is re-initialised to see it; ``audio_rig.env`` is the environment for a daemon subprocess.
+    """
+    missing = missing_tools()
+    if missing:
+        pytest.fail(f"the audio rig needs {', '.join(missing)} (Debian: pulseaudio pulseaudio-utils espeak-ng)")
+    rig = AudioRig(tmp_path / "rig", set_env=monkeypatch.setenv)
+    for key in ("XDG_RUNTIME_DIR", "PULSE_SERVER", "PULSE_SOURCE", "PULSE_SINK"):
+        monkeypatch.setenv(key, rig.env[key])
+    rig.start()
+    from kioskd.audio.devices import rescan
+
+    rescan()
+    try:
+        yield rig
+    finally:
+        rig.stop()
+        rescan()
