@@ -202,11 +202,11 @@ class ConfigError(Exception):
         super().__init__("; ".join(problems))
 
 
-def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in over.items():
         if isinstance(value, Mapping) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
+            out[key] = deep_merge(out[key], value)
         else:
             out[key] = value
     return out
@@ -298,9 +298,9 @@ def load_settings(
         raise ConfigError(problems)
     from_env, env_problems = env_overrides(env)
     problems += env_problems
-    data = _deep_merge(data, from_env)
+    data = deep_merge(data, from_env)
     if overrides:
-        data = _deep_merge(data, overrides)
+        data = deep_merge(data, overrides)
     realtime = data.get("realtime")
     if not (isinstance(realtime, dict) and realtime.get("api_key")):
         secret = _credential(env)
