@@ -10,8 +10,9 @@ Use ``SimServer`` from asyncio code (``async with SimServer(SimOptions(api_key="
 without I/O.
 """
 
-from kioskd.sim.core import Close, ResponseRecord, SessionRecord, SimCore, Truncation
+from kioskd.sim.core import Close, SimCore
 from kioskd.sim.options import DEFAULT_REPLIES, Faults, SimOptions
+from kioskd.sim.records import ResponseRecord, SessionRecord, Truncation
 from kioskd.sim.server import HandshakeRecord, SimServer, SimServerThread, cli_sim
 from kioskd.sim.usage import PromptCache, Tokens, Usage
 from kioskd.sim.vad import EnergyVad, threshold_to_dbfs

@@ -20,16 +20,19 @@ import copy
 import hashlib
 import json
 import random
-import re
 import string
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from kioskd.sim import schema
+from kioskd.sim.conversation import ItemState, PartState
 from kioskd.sim.options import Faults, SimOptions
+from kioskd.sim.pacing import Chunk, fit_reply, plan_reply
+from kioskd.sim.records import ResponseRecord, SessionRecord, Truncation
 from kioskd.sim.schema import ClientError
+from kioskd.sim.session import apply_update, default_session, session_cap_reason
 from kioskd.sim.usage import (
     PromptCache,
     Segment,
@@ -37,7 +40,6 @@ from kioskd.sim.usage import (
     Usage,
     assistant_audio_tokens,
     text_tokens,
-    user_audio_tokens,
 )
 from kioskd.sim.vad import BYTES_PER_MS, EnergyVad, SpeechStarted, VadEvent
 from kioskd.sim.voice import ReplyVoice
@@ -57,15 +59,8 @@ Output = ServerEvent | Close
 
 MAX_APPEND_CHARS = 15 * 1024 * 1024
 MIN_COMMIT_MS = 100
-MODEL_MAX_OUTPUT_TOKENS = 4096
-CHUNK_MS_CHOICES = (100, 150, 200, 250, 300, 400, 500)
-TEXT_MS_PER_CHAR = 60  # how long a text-only reply "takes" to generate, before the speed factor
 SEMANTIC_SILENCE_MS = {"low": 1500, "medium": 800, "auto": 800, "high": 400}
 RATE_WINDOW_S = 60.0
-DEFAULT_INSTRUCTIONS = (
-    "You are a helpful, friendly voice assistant. Speak clearly and keep your answers short. "
-    "If you do not know something, say so."
-)
 SERVER_ERROR_MESSAGE = (
     "The server had an error while processing your request. Sorry about that! You can retry your request, or "
     "contact us through our help center at aoai-realtimeapi-dri@microsoft.com if the error persists. "
@@ -73,196 +68,6 @@ SERVER_ERROR_MESSAGE = (
 )
 RATE_LIMIT_MESSAGE = "Rate limit reached for tokens. Please try again in 2s."
 _ID_ALPHABET = string.ascii_letters + string.digits
-_WORDS = re.compile(r"\S+\s*")
-
-
-def session_cap_reason(cap_s: float) -> str:
-    return f"Your session hit the maximum duration of {cap_s / 60:g} minutes."
-
-
-def default_session(session_id: str, model: str, expires_at: int) -> dict[str, Any]:
-    """``session.created``'s session, field for field as the captured one in §3.8."""
-    pcm = {"type": "audio/pcm", "rate": 24000}
-    return {
-        "type": "realtime",
-        "object": "realtime.session",
-        "id": session_id,
-        "model": model,
-        "output_modalities": ["audio"],
-        "instructions": DEFAULT_INSTRUCTIONS,
-        "tools": [],
-        "tool_choice": "auto",
-        "max_output_tokens": "inf",
-        "tracing": None,
-        "truncation": "auto",
-        "prompt": None,
-        "expires_at": expires_at,
-        "audio": {
-            "input": {
-                "format": dict(pcm),
-                "transcription": None,
-                "noise_reduction": None,
-                "turn_detection": schema.ServerVad(type="server_vad").model_dump(),
-            },
-            "output": {"format": dict(pcm), "voice": "alloy", "speed": 1.0},
-        },
-        "include": None,
-    }
-
-
-# --- what tests and benchmarks read -------------------------------------------------------------------
-
-
-@dataclass
-class Truncation:
-    """One ``conversation.item.truncate`` and what became of it."""
-
-    item_id: str
-    audio_end_ms: int
-    item_audio_ms: float | None  # the item's audio length before the cut; None for an unknown item
-    accepted: bool
-    error: str | None = None
-
-
-@dataclass
-class ResponseRecord:
-    response_id: str
-    status: str
-    reason: str | None
-    text: str  # what was sent of the transcript / text
-    audio_ms: float  # how much reply audio was sent
-    usage: Usage
-    in_conversation: bool
-
-
-@dataclass
-class SessionRecord:
-    """Everything one connection did: kept after it ends, for assertions and reports."""
-
-    session_id: str
-    model: str
-    flavour: str
-    auth: str
-    expires_at: int
-    client_events: list[dict[str, Any]] = field(default_factory=list)
-    server_events: list[dict[str, Any]] = field(default_factory=list)
-    input_pcm: bytearray = field(default_factory=bytearray)
-    user_turns: list[bytes] = field(default_factory=list)
-    truncations: list[Truncation] = field(default_factory=list)
-    responses: list[ResponseRecord] = field(default_factory=list)
-    usage: Usage = field(default_factory=Usage)
-    close_code: int | None = None
-    close_reason: str = ""
-    ended: bool = False
-
-    @property
-    def input_ms(self) -> float:
-        return len(self.input_pcm) / BYTES_PER_MS
-
-    def client_events_of(self, event_type: str) -> list[dict[str, Any]]:
-        return [e for e in self.client_events if e.get("type") == event_type]
-
-    def server_events_of(self, event_type: str) -> list[dict[str, Any]]:
-        return [e for e in self.server_events if e.get("type") == event_type]
-
-
-# --- conversation state --------------------------------------------------------------------------------
-
-
-@dataclass
-class _Part:
-    type: str
-    text: str | None = None
-    transcript: str | None = None
-    audio: bytearray | None = None
-    image_url: str | None = None
-    detail: str | None = None
-
-    @property
-    def audio_ms(self) -> float:
-        return len(self.audio) / BYTES_PER_MS if self.audio else 0.0
-
-    def wire(self, with_audio: bool) -> dict[str, Any]:
-        if self.type in ("input_text", "output_text"):
-            return {"type": self.type, "text": self.text}
-        if self.type == "input_image":
-            return {"type": self.type, "image_url": self.image_url, "detail": self.detail}
-        out: dict[str, Any] = {"type": self.type}
-        if with_audio:
-            out["audio"] = base64.b64encode(bytes(self.audio or b"")).decode("ascii")
-        out["transcript"] = self.transcript
-        return out
-
-    def tokens(self) -> Tokens:
-        if self.type == "input_audio":
-            return Tokens(audio=user_audio_tokens(self.audio_ms))
-        if self.type == "output_audio":
-            return Tokens(audio=assistant_audio_tokens(self.audio_ms))
-        if self.type in ("input_text", "output_text"):
-            return Tokens(text=text_tokens(self.text or ""))
-        return Tokens()
-
-
-@dataclass
-class _Item:
-    id: str
-    type: str
-    role: str | None = None
-    status: str = "completed"
-    parts: list[_Part] = field(default_factory=list)
-    call_id: str | None = None
-    name: str | None = None
-    arguments: str | None = None
-    output: str | None = None
-    revision: int = 0
-
-    @property
-    def is_assistant_audio(self) -> bool:
-        return (
-            self.type == "message"
-            and self.role == "assistant"
-            and bool(self.parts)
-            and self.parts[0].type == "output_audio"
-            and self.parts[0].audio_ms > 0
-        )
-
-    def wire(self, with_audio: bool = False) -> dict[str, Any]:
-        if self.type == "message":
-            return {
-                "id": self.id,
-                "type": "message",
-                "status": self.status,
-                "role": self.role,
-                "content": [p.wire(with_audio) for p in self.parts],
-            }
-        if self.type == "function_call":
-            return {
-                "id": self.id,
-                "type": "function_call",
-                "status": self.status,
-                "call_id": self.call_id,
-                "name": self.name,
-                "arguments": self.arguments,
-            }
-        return {"id": self.id, "type": self.type, "status": self.status, "call_id": self.call_id, "output": self.output}
-
-    def segment(self) -> Segment:
-        if self.type == "message":
-            tokens = Tokens()
-            for part in self.parts:
-                tokens = tokens + part.tokens()
-        elif self.type == "function_call":
-            tokens = Tokens(text=text_tokens((self.name or "") + (self.arguments or "")))
-        else:
-            tokens = Tokens(text=text_tokens(self.output or ""))
-        return Segment(f"item:{self.id}:{self.revision}", tokens)
-
-
-@dataclass
-class _Chunk:
-    due: float
-    audio: bytes
-    text: str
 
 
 @dataclass
@@ -274,8 +79,8 @@ class _Response:
     audio_format: dict[str, Any]
     max_output_tokens: int | str
     metadata: dict[str, str] | None
-    item: _Item
-    chunks: deque[_Chunk]
+    item: ItemState
+    chunks: deque[Chunk]
     done_at: float
     final_status: str
     final_reason: str | None
@@ -314,7 +119,7 @@ class SimCore:
         self.session = default_session(session_id, model, expires_at)
         self.record = SessionRecord(session_id, model, flavour, auth, expires_at)
         self._conversation_id = self._new_id("conv")
-        self._items: list[_Item] = []
+        self._items: list[ItemState] = []
         self._buffer_start = 0  # byte offset into record.input_pcm where the uncommitted buffer begins
         self._vad = EnergyVad()
         self._vad_enabled = True
@@ -460,13 +265,13 @@ class SimCore:
                 best = (due, lambda i=index: self._send_transcription(i))
         return best
 
-    def _find(self, item_id: str) -> tuple[int, _Item] | tuple[None, None]:
+    def _find(self, item_id: str) -> tuple[int, ItemState] | tuple[None, None]:
         for index, item in enumerate(self._items):
             if item.id == item_id:
                 return index, item
         return None, None
 
-    def _previous_id(self, item: _Item) -> str | None:
+    def _previous_id(self, item: ItemState) -> str | None:
         index, _ = self._find(item.id)
         return self._items[index - 1].id if index else None
 
@@ -495,7 +300,6 @@ class SimCore:
 
     def _session_update(self, event: schema.SessionUpdate) -> list[Output]:
         params = event.session
-        given = params.model_fields_set
         model = self.session["model"]
         if params.type == "transcription":
             raise ClientError(
@@ -532,20 +336,7 @@ class SimCore:
                 code="cannot_update_voice",
                 param="session.audio.output.voice",
             )
-        new = copy.deepcopy(self.session)
-        for name in given:
-            value = getattr(params, name)
-            if name in ("type", "model", "reasoning", "parallel_tool_calls"):
-                continue
-            if name == "audio":
-                if value is not None:
-                    _merge_audio(new["audio"], value)
-            elif name == "instructions":
-                new["instructions"] = value or ""
-            elif name == "tools":
-                new["tools"] = [t.model_dump(exclude_unset=True) for t in value or []]
-            else:
-                new[name] = value.model_dump() if hasattr(value, "model_dump") else copy.deepcopy(value)
+        new = apply_update(self.session, params)
         self.session = new
         self._configure_vad()
         return [self._event("session.updated", session=copy.deepcopy(self.session))]
@@ -663,7 +454,7 @@ class SimCore:
         return [self._event("input_audio_buffer.cleared")]
 
     def _commit_user_audio(self, item_id: str, pcm: bytes) -> list[Output]:
-        item = _Item(item_id, "message", "user", "completed", [_Part("input_audio", audio=bytearray(pcm))])
+        item = ItemState(item_id, "message", "user", "completed", [PartState("input_audio", audio=bytearray(pcm))])
         previous = self._last_item_id()
         self._items.append(item)
         self.record.user_turns.append(pcm)
@@ -701,12 +492,12 @@ class SimCore:
 
     # --- conversation items ----------------------------------------------------------------------------
 
-    def _build_item(self, model: Any) -> _Item:
+    def _build_item(self, model: Any) -> ItemState:
         item_id = model.id or self._new_id("item")
         if isinstance(model, schema.MessageItem):
             parts = []
             for p in model.content:
-                part = _Part(p.type)
+                part = PartState(p.type)
                 if isinstance(p, schema.InputTextPart | schema.OutputTextPart):
                     part.text = p.text
                 elif isinstance(p, schema.InputAudioPart):
@@ -715,11 +506,11 @@ class SimCore:
                 elif isinstance(p, schema.InputImagePart):
                     part.image_url, part.detail = p.image_url, p.detail
                 parts.append(part)
-            return _Item(item_id, "message", model.role, "completed", parts)
+            return ItemState(item_id, "message", model.role, "completed", parts)
         if isinstance(model, schema.FunctionCallItem):
             call_id = model.call_id or self._new_id("call")
-            return _Item(item_id, "function_call", call_id=call_id, name=model.name, arguments=model.arguments)
-        return _Item(item_id, "function_call_output", call_id=model.call_id, output=model.output)
+            return ItemState(item_id, "function_call", call_id=call_id, name=model.name, arguments=model.arguments)
+        return ItemState(item_id, "function_call_output", call_id=model.call_id, output=model.output)
 
     def _item_create(self, event: schema.ItemCreate) -> list[Output]:
         schema.check_item_roles(event.item, "item")
@@ -831,7 +622,7 @@ class SimCore:
                 echo_event_id=False,
             )
         self._check_common(params, "response")
-        prompt_items: list[_Item] | None = None
+        prompt_items: list[ItemState] | None = None
         if params.input is not None:
             prompt_items = []
             for index, entry in enumerate(params.input):
@@ -856,7 +647,7 @@ class SimCore:
             raise ClientError("Cancellation failed: no active response found", code="response_cancel_not_active")
         return self._finish(resp, "cancelled", "client_cancelled")
 
-    def _prompt_segments(self, instructions: str, items: list[_Item]) -> list[Segment]:
+    def _prompt_segments(self, instructions: str, items: list[ItemState]) -> list[Segment]:
         segments = []
         if instructions:
             digest = hashlib.sha256(instructions.encode("utf-8")).hexdigest()[:16]
@@ -868,7 +659,7 @@ class SimCore:
         self,
         params: schema.ResponseParams | None,
         in_conversation: bool = True,
-        prompt_items: list[_Item] | None = None,
+        prompt_items: list[ItemState] | None = None,
     ) -> list[Output]:
         params = params or schema.ResponseParams()
         session_out = self.session["audio"]["output"]
@@ -884,14 +675,17 @@ class SimCore:
         text = replies[self._reply_count % len(replies)]
         self._reply_count += 1
         audio = self._voice.pcm(text, session_out["speed"]) if modality == "audio" else b""
-        text, audio, status, reason = _fit_output(text, audio, max_tokens)
+        text, audio, cut = fit_reply(text, audio, max_tokens)
+        status, reason = ("incomplete", "max_output_tokens") if cut else ("completed", None)
         segments = self._prompt_segments(instructions, self._items if prompt_items is None else prompt_items)
         prompt = Tokens()
         for segment in segments:
             prompt = prompt + segment.tokens
         cached = self._cache.cached_part(segments)
-        item = _Item(self._new_id("item"), "message", "assistant", "in_progress")
-        chunks, done_at = self._plan(text, audio, modality)
+        item = ItemState(self._new_id("item"), "message", "assistant", "in_progress")
+        chunks, done_at = plan_reply(
+            text, audio, start=self._now + self._opt.first_delta_delay_s, speed=self._opt.speed, rng=self._rng
+        )
         resp = _Response(
             id=self._new_id("resp"),
             in_conversation=in_conversation,
@@ -923,50 +717,13 @@ class SimCore:
             self._items.append(item)
             out.append(self._event("conversation.item.added", previous_item_id=previous, item=item.wire()))
         if modality == "audio":
-            item.parts.append(_Part("output_audio", transcript="", audio=bytearray()))
+            item.parts.append(PartState("output_audio", transcript="", audio=bytearray()))
             part_wire: dict[str, Any] = {"type": "audio", "transcript": ""}
         else:
-            item.parts.append(_Part("output_text", text=""))
+            item.parts.append(PartState("output_text", text=""))
             part_wire = {"type": "text", "text": ""}
         out.append(self._part_event("response.content_part.added", resp, part=part_wire))
         return out
-
-    def _plan(self, text: str, audio: bytes, modality: str) -> tuple[deque[_Chunk], float]:
-        """When each delta goes out: audio in 100–500 ms chunks at ``speed`` × real time, words alongside."""
-        speed = self._opt.speed
-        start = self._now + self._opt.first_delta_delay_s
-        words = _WORDS.findall(text)
-        spans: list[tuple[float, float, bytes]] = []  # (start ms, end ms, audio)
-        if modality == "audio":
-            total_ms = len(audio) / BYTES_PER_MS
-            offset = 0
-            while offset < len(audio):
-                size = self._rng.choice(CHUNK_MS_CHOICES) * BYTES_PER_MS
-                piece = audio[offset : offset + size]
-                spans.append((offset / BYTES_PER_MS, (offset + len(piece)) / BYTES_PER_MS, piece))
-                offset += len(piece)
-        else:
-            total_ms = float(len(text) * TEXT_MS_PER_CHAR)
-            position = 0
-            for word in words:
-                spans.append((position * TEXT_MS_PER_CHAR, (position + len(word)) * TEXT_MS_PER_CHAR, b""))
-                position += len(word)
-        chunks: deque[_Chunk] = deque()
-        word_index, chars = 0, 0
-        for number, (begin_ms, end_ms, piece) in enumerate(spans):
-            last = number == len(spans) - 1
-            said = ""
-            while word_index < len(words):
-                reach = (chars + len(words[word_index])) / max(len(text), 1) * total_ms
-                if reach > end_ms and not last:
-                    break
-                said += words[word_index]
-                chars += len(words[word_index])
-                word_index += 1
-            chunks.append(_Chunk(start + begin_ms / 1000 / speed, piece, said))
-        if not chunks and text:
-            chunks.append(_Chunk(start, b"", text))
-        return chunks, start + total_ms / 1000 / speed
 
     def _part_event(self, event_type: str, resp: _Response, **fields: Any) -> ServerEvent:
         return self._event(
@@ -1091,31 +848,6 @@ class SimCore:
         )
 
 
-def _merge_audio(current: dict[str, Any], audio: schema.AudioConfig) -> None:
-    """Fields present replace, ``null`` clears, absent ones stay; leaf objects are filled with their defaults."""
-    if audio.input is not None:
-        target = current["input"]
-        given = audio.input
-        for name in given.model_fields_set:
-            value = getattr(given, name)
-            if value is None:
-                target[name] = None
-            elif name == "transcription":
-                dumped = value.model_dump(exclude_unset=True)
-                target[name] = {"model": value.model, "language": value.language, "prompt": value.prompt, **dumped}
-            elif name == "noise_reduction":
-                target[name] = value.model_dump(exclude_none=True)
-            else:
-                target[name] = value.model_dump()
-    if audio.output is not None:
-        target = current["output"]
-        for name in audio.output.model_fields_set:
-            value = getattr(audio.output, name)
-            if value is None:
-                continue  # voice, speed and format cannot be cleared
-            target[name] = value.model_dump() if name == "format" else value
-
-
 def _decode_audio(data: str | None) -> bytes:
     if not data:
         return b""
@@ -1126,24 +858,3 @@ def _decode_audio(data: str | None) -> bytes:
             "Invalid 'item.content.audio': expected base64-encoded audio.", code="invalid_value"
         ) from None
     return pcm[: len(pcm) - len(pcm) % 2]
-
-
-def _fit_output(text: str, audio: bytes, max_tokens: int | str) -> tuple[str, bytes, str, str | None]:
-    """Cut the reply to ``max_output_tokens`` (audio 1 token / 50 ms + transcript 1 token / 4 chars)."""
-    limit = MODEL_MAX_OUTPUT_TOKENS if max_tokens == "inf" else int(max_tokens)
-
-    def cost(t: str, a: bytes) -> int:
-        return text_tokens(t) + assistant_audio_tokens(len(a) / BYTES_PER_MS)
-
-    if cost(text, audio) <= limit:
-        return text, audio, "completed", None
-    fraction = limit / cost(text, audio)
-    text = text[: int(len(text) * fraction)]
-    audio = audio[: int(len(audio) * fraction) // 2 * 2]
-    step = 10 * BYTES_PER_MS
-    while cost(text, audio) > limit and (audio or text):
-        if audio:
-            audio = audio[: max(0, len(audio) - step)]
-        else:
-            text = text[:-4]
-    return text, audio, "incomplete", "max_output_tokens"

@@ -34,8 +34,9 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from kioskd.logs import get_logger, log_event, register_secret, setup_logging
-from kioskd.sim.core import Close, Output, SessionRecord, SimCore, Truncation
+from kioskd.sim.core import Close, Output, SimCore
 from kioskd.sim.options import Faults, SimOptions
+from kioskd.sim.records import SessionRecord, Truncation
 from kioskd.sim.usage import PromptCache, Usage
 from kioskd.sim.voice import ReplyVoice
 
@@ -46,6 +47,7 @@ AZURE_PATH = "/openai/v1/realtime"
 OPENAI_PATH = "/v1/realtime"
 MAX_FRAME_BYTES = 32 * 1024 * 1024  # above the 15 MiB append limit, so the core can answer it with an error
 DEFAULT_WAIT_S = 30.0
+CLOSE_TIMEOUT_S = 10.0
 EX_USAGE = 2
 
 _MISSING_KEY = (
@@ -239,7 +241,8 @@ class SimServer:
             if remaining <= 0:
                 raise TimeoutError(f"simulator: condition not met within {timeout_s:g} s")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), remaining)
+                async with asyncio.timeout(remaining):
+                    await self._changed.wait()
 
     async def wait_session(self, number: int = 1, timeout_s: float = DEFAULT_WAIT_S) -> SessionRecord:
         """The ``number``-th session (1-based), once it has opened."""
@@ -443,33 +446,51 @@ class _Connection:
         self._server._notify()
 
     async def run(self) -> None:
+        """Serve the connection until it closes; a failure inside the simulator closes it with 1011."""
         record = self._core.record
         self._enqueue(self._core.start())
-        tasks = [asyncio.create_task(self._send_loop()), asyncio.create_task(self._tick_loop())]
+        reader = asyncio.create_task(self._read_loop())
+        tasks = {reader, asyncio.create_task(self._send_loop()), asyncio.create_task(self._tick_loop())}
         try:
-            async for message in self._ws:
-                self._enqueue(self._core.receive(message, self._loop.time()))
-                self._wake.set()
-        except ConnectionClosed:
-            pass
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            failures = [
+                exc
+                for task in done
+                if not task.cancelled()
+                and (exc := task.exception()) is not None
+                and not isinstance(exc, ConnectionClosed)
+            ]
+            if failures:
+                log.error("session %s: simulator failure, closing with 1011", record.session_id,
+                          exc_info=failures[0])
+                with contextlib.suppress(ConnectionClosed):
+                    await self._close(1011, "internal simulator error")
+            if not reader.done():  # the server closed: let the closing handshake finish
+                await asyncio.wait({reader}, timeout=CLOSE_TIMEOUT_S)
         finally:
             for task in tasks:
                 task.cancel()
             for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             self._core.closed = True
             if record.close_code is None:  # the client closed first (or the network did)
                 record.close_code = self._ws.close_code if self._ws.close_code is not None else 1006
                 record.close_reason = self._ws.close_reason or ""
 
+    async def _read_loop(self) -> None:
+        async for message in self._ws:
+            self._enqueue(self._core.receive(message, self._loop.time()))
+            self._wake.set()
+
     async def _tick_loop(self) -> None:
-        while not self._core.closed:
+        while True:
             self._wake.clear()
             deadline = self._core.next_deadline()
-            timeout = None if deadline is None else max(0.0, deadline - self._loop.time())
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that races the wake-up.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout_at(deadline):
+                    await self._wake.wait()
             self._enqueue(self._core.poll(self._loop.time()))
 
     async def _send_loop(self) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from kioskd.sim import Close, Faults, PromptCache, ReplyVoice, SimCore, SimOptions
-from kioskd.sim.core import session_cap_reason
+from kioskd.sim.session import session_cap_reason
 from tests.sim.conftest import MODEL, append_event, silence, speech, validate_server_event
 
 WALL = 1_767_000_000.0
