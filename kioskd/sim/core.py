@@ -149,7 +149,8 @@ class SimCore:
         client_event_id: str | None = None
         try:
             data = self._decode(frame)
-            self.record.client_events.append(data)
+            if self._opt.keep_event_log:
+                self.record.client_events.append(data)
             event_id = data.get("event_id")
             client_event_id = event_id if isinstance(event_id, str) else None
             out += self._dispatch(schema.parse_client_event(data))
@@ -211,14 +212,14 @@ class SimCore:
             )
         try:
             data = json.loads(frame)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise ClientError(
                 "We could not parse the JSON body of your request. Send each event as one JSON object.",
                 code="invalid_json",
             ) from None
         if not isinstance(data, dict):
             raise ClientError(
-                f"Invalid type for event: expected an object, but got {schema._json_kind(data)} instead.",
+                f"Invalid type for event: expected an object, but got {schema.json_kind(data)} instead.",
                 code="invalid_type",
             )
         return data

@@ -58,6 +58,8 @@ class SimOptions:
     * ``user_transcripts``: what input transcription reports for user turns, in turn (when enabled).
     * ``speed``: how much faster than real time reply audio is streamed (the service bursts ahead of playback).
     * ``session_cap_s``: the session's maximum length; at ``expires_at`` the socket closes with 1001.
+    * ``keep_event_log`` / ``keep_sessions``: what a long-running server remembers (tests want everything;
+      ``kioskd sim`` keeps no event log and the last few sessions).
     """
 
     api_key: str | None = None
@@ -72,6 +74,8 @@ class SimOptions:
     use_espeak: bool | None = None  # None: espeak-ng when installed
     non_realtime_deployments: Collection[str] = NON_REALTIME_DEPLOYMENTS
     seed: int | None = None
+    keep_event_log: bool = True  # every client and server event in SessionRecord (audio included)
+    keep_sessions: int | None = None  # how many finished sessions' records to keep (None: all)
     faults: Faults = field(default_factory=Faults)
 
     def validate(self) -> None:
@@ -84,5 +88,7 @@ class SimOptions:
             raise ValueError("SimOptions.replies must be a non-empty list of non-empty texts")
         if not self.user_transcripts:
             raise ValueError("SimOptions.user_transcripts must not be empty")
+        if self.keep_sessions is not None and self.keep_sessions < 0:
+            raise ValueError("SimOptions.keep_sessions must not be negative")
         if self.first_delta_delay_s < 0 or self.transcription_delay_s < 0:
             raise ValueError("SimOptions delays must not be negative")

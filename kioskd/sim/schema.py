@@ -361,7 +361,6 @@ ClientEvent = Annotated[
     Field(discriminator="type"),
 ]
 _CLIENT_EVENT: TypeAdapter[Any] = TypeAdapter(ClientEvent)
-_ITEM: TypeAdapter[Any] = TypeAdapter(Item)
 
 
 def parse_client_event(data: dict[str, Any]) -> Any:
@@ -370,15 +369,6 @@ def parse_client_event(data: dict[str, Any]) -> Any:
         return _CLIENT_EVENT.validate_python(data)
     except ValidationError as exc:
         raise error_from_validation(exc, data) from None
-
-
-def parse_item(data: Any, path: str = "item") -> Any:
-    try:
-        item = _ITEM.validate_python(data)
-    except ValidationError as exc:
-        raise error_from_validation(exc, data, prefix=path) from None
-    check_item_roles(item, path)
-    return item
 
 
 # --- pydantic error → service error ----------------------------------------------------------------------
@@ -395,7 +385,7 @@ _EXPECTED = {
 }
 
 
-def _json_kind(value: Any) -> str:
+def json_kind(value: Any) -> str:
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -467,7 +457,7 @@ def error_from_validation(exc: ValidationError, data: Any, prefix: str = "") -> 
         return invalid_value(path, value, expected)
     if kind in _EXPECTED:
         return ClientError(
-            f"Invalid type for '{path}': expected {_EXPECTED[kind]}, but got {_json_kind(value)} instead.",
+            f"Invalid type for '{path}': expected {_EXPECTED[kind]}, but got {json_kind(value)} instead.",
             code="invalid_type",
             param=path,
         )

@@ -420,9 +420,18 @@ class SimServer:
         finally:
             record = core.record
             record.ended = True
+            self._forget_old_sessions()
             log_event(log, "sim_session_close", "session %s closed with %s", record.session_id, record.close_code,
                       SESSION_ID=record.session_id, CLOSE_CODE=record.close_code)
             self._notify()
+
+    def _forget_old_sessions(self) -> None:
+        keep = self.options.keep_sessions
+        if keep is None:
+            return
+        finished = [r for r in self.sessions if r.ended]
+        for record in finished[: max(0, len(finished) - keep)]:
+            self.sessions.remove(record)
 
 
 class _Connection:
@@ -504,7 +513,8 @@ class _Connection:
                 await self._close(output.code, output.reason)
                 return
             await self._ws.send(json.dumps(output))
-            record.server_events.append(output)
+            if self._server.options.keep_event_log:
+                record.server_events.append(output)
             self._sent += 1
             self._server._notify()
             if await self._inject_faults():
@@ -529,7 +539,8 @@ class _Connection:
         if faults.error_after_events == sent:
             event = self._core.fault_error_event(faults.error_code)
             await self._ws.send(json.dumps(event))
-            record.server_events.append(event)
+            if self._server.options.keep_event_log:
+                record.server_events.append(event)
         if faults.close_after_events == sent:
             await self._close(faults.close_code, "simulated server failure")
             return True
@@ -627,5 +638,6 @@ def cli_sim(args: argparse.Namespace) -> int:
         return EX_USAGE
     api_key = args.api_key or None
     register_secret(api_key)
-    setup_logging("warning")
-    return asyncio.run(_serve_until_signalled(SimOptions(api_key=api_key), host.strip("[]"), port))
+    setup_logging("info")
+    options = SimOptions(api_key=api_key, keep_event_log=False, keep_sessions=10)
+    return asyncio.run(_serve_until_signalled(options, host.strip("[]"), port))

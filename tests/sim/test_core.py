@@ -275,6 +275,7 @@ def test_frames_that_are_not_client_events_get_errors_and_the_session_goes_on() 
     h = Harness()
     assert only_error(h.send("{not json"))["code"] == "invalid_json"
     assert only_error(h.send("[1, 2]"))["code"] == "invalid_type"
+    assert only_error(h.send("[" * 100_000 + "]" * 100_000))["code"] == "invalid_json"
     assert only_error(h.send({"type": "output_audio_buffer.clear"})) == {
         "type": "invalid_request_error", "code": "invalid_value",
         "message": "Invalid value: 'output_audio_buffer.clear'.", "param": "type", "event_id": None,
