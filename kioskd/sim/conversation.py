@@ -7,6 +7,7 @@ Audio stays attached to its part (user turns as committed, assistant replies as 
 from __future__ import annotations
 
 import base64
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,7 +60,6 @@ class ItemState:
     name: str | None = None
     arguments: str | None = None
     output: str | None = None
-    revision: int = 0
 
     @property
     def is_assistant_audio(self) -> bool:
@@ -100,4 +100,14 @@ class ItemState:
             tokens = Tokens(text=text_tokens((self.name or "") + (self.arguments or "")))
         else:
             tokens = Tokens(text=text_tokens(self.output or ""))
-        return Segment(f"item:{self.id}:{self.revision}", tokens)
+        return Segment(f"item:{self.content_digest()}", tokens)
+
+    def content_digest(self) -> str:
+        """Names the item's content exactly, so that equal prompts share a cache entry and changed ones don't."""
+        digest = hashlib.sha256(repr((self.type, self.role, self.call_id, self.name, self.arguments,
+                                      self.output)).encode())
+        for part in self.parts:
+            digest.update(repr((part.type, part.text, part.image_url)).encode())
+            digest.update(len(part.audio or b"").to_bytes(8, "little"))
+            digest.update(part.audio or b"")
+        return digest.hexdigest()

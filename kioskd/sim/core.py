@@ -571,7 +571,6 @@ class SimCore:
         assert part.audio is not None
         del part.audio[event.audio_end_ms * BYTES_PER_MS :]
         part.transcript = None  # the service drops the transcript: nothing unheard stays in the context
-        item.revision += 1
         self._note_truncation(event, length_ms, None)
         return [
             self._event(

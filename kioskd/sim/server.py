@@ -18,6 +18,7 @@ import contextlib
 import hmac
 import ipaddress
 import json
+import random
 import signal
 import sys
 import threading
@@ -410,6 +411,7 @@ class SimServer:
             flavour=accepted.flavour,
             auth=accepted.auth,
             faults=session_faults,
+            rng=random.Random(None if opts.seed is None else f"{opts.seed}/{index}"),
         )
         self.sessions.append(core.record)
         log_event(log, "sim_session_open", "session %s opened (%s)", core.record.session_id, accepted.model,

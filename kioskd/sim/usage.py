@@ -4,9 +4,9 @@
 * User audio costs one token per 100 ms, assistant audio one per 50 ms, text one per 4 characters.
 * Output is the reply's audio (1 token / 50 ms) plus its transcript (1 token / 4 characters).
 * Prompt caching: a prompt of at least 1024 tokens whose leading part was seen before gets that part billed as
-  cached, in 128-token steps (Azure's rule). The cache is keyed by the identity of each prompt segment
-  (instructions text, item id and revision), so a truncated or deleted item breaks the prefix from that point on,
-  as it does on the service.
+  cached, in 128-token steps (Azure's rule). The cache is keyed by the content of each prompt segment
+  (instructions text, each item's content), so a truncated or deleted item breaks the prefix from that point on,
+  as it does on the service, and equal prompts in different sessions share it.
 
 The wire shape of ``usage`` (``Usage.to_wire``) is exactly the one in the §3.8 ``response.done`` example.
 """

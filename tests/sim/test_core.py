@@ -645,6 +645,17 @@ def test_a_long_conversation_gets_cached_tokens_in_128_token_steps() -> None:
     assert b_usage["cached_tokens"] == math.ceil(len(long_instructions) / 4) // 128 * 128
 
 
+def test_equal_ids_with_different_content_share_no_cache() -> None:
+    cache = PromptCache()
+    for word in ("apples", "pears"):  # same seed, so the same item ids in both sessions
+        h = Harness(cache=cache, speed=20.0)
+        h.update(instructions="Short.")
+        for n in range(30):
+            h.send(_text_item(f"Note {n:02d} about {word}: " + "x" * 180))
+        h.send({"type": "response.create"})
+        assert h.wait("response.done")["response"]["usage"]["input_token_details"]["cached_tokens"] == 0
+
+
 def test_short_prompts_are_never_cached() -> None:
     h = Harness(speed=20.0)
     for _ in range(3):
