@@ -22,9 +22,10 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import (
     ConnectionClosed,
-    InvalidHandshake,
+    InvalidProxy,
     InvalidStatus,
     InvalidURI,
+    WebSocketException,
 )
 from websockets.http11 import Response
 
@@ -273,7 +274,9 @@ async def connect(url: str, headers: Mapping[str, str], *, open_timeout: float) 
         raise ServerUnreachable(f"{where}: host name not found ({exc.strerror or exc})") from None
     except ConnectionRefusedError:
         raise ServerUnreachable(f"{where}: connection refused (nothing listening there)") from None
-    except InvalidHandshake as exc:
+    except InvalidProxy as exc:
+        raise ServerUnreachable(f"{where}: the proxy setting is not usable: {exc}") from None
+    except WebSocketException as exc:  # any other broken handshake
         raise HandshakeFailed(f"{where}: the WebSocket handshake failed: {exc}") from None
     except OSError as exc:
         raise ServerUnreachable(f"{where}: cannot connect ({exc.strerror or exc})") from None
