@@ -27,7 +27,6 @@ import signal
 import subprocess
 import threading
 import time
-import wave
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -164,24 +163,21 @@ class AudioRig:
     def _warm_up(self) -> None:
         """Make the null sinks behave like sound cards from the first stream on.
 
-        An idle null sink wakes up only every ~2 s, so the first stream a client opens on it (or on its
-        monitor) waits 1-2 s before any audio moves. A low-latency reader on each monitor and one short
-        playback into each sink settle that before the test starts.
+        An idle null sink sleeps for up to 2 s between wake-ups and notices a new stream only at the next
+        one, so the first stream a client opens (on the sink or its monitor) would wait 1-2 s before any
+        audio moves. A low-latency reader on each monitor, then a suspend/resume of each sink (which re-arms
+        its timer at the readers' latency), settles that before the test starts.
         """
         for sink in (SPEAKER, MIC_SINK):
             self._keepers.append(subprocess.Popen(
                 ["parecord", "--raw", "-d", f"{sink}.monitor", "--latency-msec=10", "--rate=8000", "--channels=1"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=self.env,
             ))
-        silence = self.root / "warm-up.wav"
-        if not silence.exists():
-            with wave.open(str(silence), "wb") as out:
-                out.setnchannels(1)
-                out.setsampwidth(2)
-                out.setframerate(RATE)
-                out.writeframes(bytes(2 * RATE // 10))
+        wait_until(lambda: all(self.recording_streams(f"{sink}.monitor") for sink in (SPEAKER, MIC_SINK)), 15,
+                   "the rig's monitor readers to connect")
         for sink in (SPEAKER, MIC_SINK):
-            self.play_and_wait(silence, sink=sink, timeout=30)
+            self.pactl("suspend-sink", sink, "1")
+            self.pactl("suspend-sink", sink, "0")
 
     def _answers(self) -> bool:
         if self._proc is not None and self._proc.poll() is not None:

@@ -24,7 +24,16 @@ import numpy as np
 
 from kioskd.audio.devices import PORTAUDIO_LOCK, DeviceInfo, _sounddevice, resolve_device
 from kioskd.audio.dsp import CaptureConverter, Int16Array, to_int16
-from kioskd.audio.supervise import DeviceLink, OnState, call_blocking, close_quietly
+from kioskd.audio.supervise import (
+    DeviceLink,
+    OnState,
+    OpenStream,
+    Pump,
+    call_blocking,
+    callbacks_refused,
+    close_quietly,
+    note_callbacks_refused,
+)
 from kioskd.audio.wav import read_wav
 from kioskd.config import AudioConfig
 from kioskd.logs import get_logger
@@ -77,14 +86,18 @@ class _Delivery:
 
     # Runs on the PortAudio thread: no locks, no logging, no waiting.
     def callback(self, indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
+        self.hand_over(indata.copy(), bool(status and status.input_overflow))
+
+    def hand_over(self, block: np.ndarray, overflowed: bool) -> None:
+        """Queue a block (owned by us from now on) for the loop, or drop and count it when the queue is full."""
         now = time.monotonic()
         self.last_time = now
-        if status and status.input_overflow:
+        if overflowed:
             self.owner.overflows += 1
         if len(self.queue) >= self.max_blocks:
             self.owner.drops += 1
             return
-        self.queue.append((indata.copy(), now))
+        self.queue.append((block, now))
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is listening any more
             self.loop.call_soon_threadsafe(self.owner.drain, self)
 
@@ -188,11 +201,11 @@ class Capture(_BlockSink):
     ) -> None:
         super().__init__(cfg, on_block, on_state, loop, stall_blocks=stall_blocks,
                          first_block_timeout_s=first_block_timeout_s)
-        self._stream: Any = None
+        self._stream: OpenStream | None = None
         self.device: DeviceInfo | None = None
         self.rate: int | None = None
 
-    def _open_blocking(self, delivery: _Delivery) -> tuple[Any, DeviceInfo, int]:
+    def _open_blocking(self, delivery: _Delivery) -> tuple[OpenStream, DeviceInfo, int]:
         sd = _sounddevice()
         device = resolve_device(self.cfg.input_device, "input")
         if device.max_input_channels < self.cfg.input_channels:
@@ -203,29 +216,38 @@ class Capture(_BlockSink):
         rate = self.cfg.input_rate or device.default_samplerate
         blocksize = max(1, round(rate * self.cfg.block_ms / 1000))
         delivery.rate = rate
+        settings = {"device": device.index, "samplerate": rate, "channels": self.cfg.input_channels,
+                    "dtype": "int16", "blocksize": blocksize, "latency": "high"}
+        pump: Pump | None = None
         with PORTAUDIO_LOCK:
-            stream = sd.InputStream(
-                device=device.index,
-                samplerate=rate,
-                channels=self.cfg.input_channels,
-                dtype="int16",
-                blocksize=blocksize,
-                latency="high",
-                callback=delivery.callback,
-                finished_callback=delivery.finished,
-            )
+            stream = None
+            if not callbacks_refused():
+                try:
+                    stream = sd.InputStream(**settings, callback=delivery.callback, finished_callback=delivery.finished)
+                except MemoryError as exc:
+                    note_callbacks_refused(exc)
+            if stream is None:
+                stream = sd.InputStream(**settings)
+
+                def read() -> None:
+                    block, overflowed = stream.read(blocksize)
+                    delivery.hand_over(block, bool(overflowed))
+
+                pump = Pump("kioskd-capture", read, lambda _exc: delivery.finished())
             try:
                 stream.start()
             except Exception:
                 stream.close(ignore_errors=True)
                 raise
-        return stream, device, rate
+        if pump is not None:
+            pump.start()
+        return OpenStream(stream, pump), device, rate
 
     async def _open(self) -> None:
         assert self._loop is not None
         delivery = _Delivery(self, self._loop, self.cfg.capture_queue_blocks)
 
-        def abandon(result: tuple[Any, DeviceInfo, int]) -> None:
+        def abandon(result: tuple[OpenStream, DeviceInfo, int]) -> None:
             delivery.closing = True
             close_quietly(result[0])
 
@@ -236,8 +258,8 @@ class Capture(_BlockSink):
         )
         self._stream, self.device, self.rate = stream, device, rate
         self._opened_at = time.monotonic()
-        _log.info("microphone open: %s at %d Hz, %d channel(s), using %s", device.name, rate,
-                  self.cfg.input_channels, list(self.cfg.use_channels))
+        _log.info("microphone open: %s at %d Hz, %d channel(s), using %s%s", device.name, rate,
+                  self.cfg.input_channels, list(self.cfg.use_channels), " (blocking reads)" if stream.blocking else "")
 
     async def _close(self) -> None:
         stream, delivery = self._stream, self._current

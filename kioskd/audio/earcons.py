@@ -3,7 +3,7 @@
 Each is generated here (so a fresh install makes sound with no files) and can be replaced by a WAV of any
 rate and channel count through ``audio.wake_chime``, ``audio.end_chime``, ``audio.error_tone`` and
 ``audio.budget_tone``. ``audio.earcon_volume`` scales all of them. They are distinct on purpose: a visitor
-should tell "I'm listening" (rising), "goodbye" (falling), "something went wrong" (low, rough) and "no more
+should tell "I'm listening" (rising), "goodbye" (falling, lower), "something went wrong" (low, rough) and "no more
 conversations today" (three slow low notes) apart without looking.
 
 All sounds are mono int16 at 24 kHz, ready for :meth:`kioskd.audio.playback.JitterBuffer.play_earcon`.
@@ -80,8 +80,8 @@ def generate(earcon: Earcon, rate: int = REALTIME_RATE) -> FloatArray:
     """The built-in sound for ``earcon`` as float32 at ``rate``, peak 0.7."""
     if earcon is Earcon.WAKE:  # a quick rising fifth: "yes?"
         return _sequence([(880.0, 0.09), (1318.5, 0.16)], rate)
-    if earcon is Earcon.END:  # the same interval falling: "bye"
-        return _sequence([(1318.5, 0.09), (880.0, 0.18)], rate)
+    if earcon is Earcon.END:  # a falling fourth, lower: "bye"
+        return _sequence([(1174.7, 0.09), (784.0, 0.2)], rate)
     if earcon is Earcon.ERROR:  # two low, buzzy notes a semitone apart
         return _sequence([(311.1, 0.14), (293.7, 0.22)], rate, gap_s=0.04, harmonics=(1.0, 0.5, 0.35, 0.25))
     return _sequence([(392.0, 0.2), (329.6, 0.2), (261.6, 0.35)], rate, gap_s=0.06)  # BUDGET: slow, descending

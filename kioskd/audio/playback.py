@@ -14,9 +14,10 @@ The buffer's lock is held for a few microseconds by either side (copying one blo
 Earcons are mixed on top of whatever plays, from the same callback, so a chime never waits for capture or
 for the network. :class:`FilePlayback` pulls from the same buffer in real time into a WAV file (the demo).
 
-Everything here is callback-driven. Under ``MemoryDenyWriteExecute=yes`` cffi cannot create callbacks; a
-blocking variant would be a thread that loops ``buffer.pull(block); stream.write(block)`` — the buffer
-already has the shape for that, only the device shell would change.
+The device pulls through a PortAudio callback. Where cffi cannot create callbacks (systemd's
+``MemoryDenyWriteExecute=yes``), a thread loops ``buffer.pull(block); stream.write(block)`` instead; the
+buffer is the same, flushes then take effect after the device's own short buffer (~40 ms) rather than
+within one block.
 """
 
 from __future__ import annotations
@@ -36,7 +37,16 @@ import numpy as np
 from kioskd.audio.devices import PORTAUDIO_LOCK, DeviceInfo, _sounddevice, resolve_device
 from kioskd.audio.dsp import REALTIME_RATE, Int16Array, Resampler, resample, to_float, to_int16
 from kioskd.audio.earcons import Earcon, Earcons
-from kioskd.audio.supervise import DeviceLink, OnState, call_blocking, close_quietly
+from kioskd.audio.supervise import (
+    DeviceLink,
+    OnState,
+    OpenStream,
+    Pump,
+    call_blocking,
+    callbacks_refused,
+    close_quietly,
+    note_callbacks_refused,
+)
 from kioskd.audio.wav import WavWriter
 from kioskd.config import AudioConfig
 from kioskd.logs import get_logger
@@ -404,14 +414,14 @@ class Playback(_PlaybackBase):
     ) -> None:
         super().__init__(cfg, buffer, on_state, loop, stall_blocks=stall_blocks,
                          first_block_timeout_s=first_block_timeout_s)
-        self._stream: Any = None
+        self._stream: OpenStream | None = None
         self._closing: threading.Event | None = None
         self._pulled_since_open = False
         self.device: DeviceInfo | None = None
         self.rate: int | None = None
         self.channels = 0
 
-    def _open_blocking(self, closing: threading.Event) -> tuple[Any, DeviceInfo, int, int]:
+    def _open_blocking(self, closing: threading.Event) -> tuple[OpenStream, DeviceInfo, int, int]:
         sd = _sounddevice()
         device = resolve_device(self.cfg.output_device, "output")
         rate = self.cfg.output_rate or device.default_samplerate
@@ -433,23 +443,33 @@ class Playback(_PlaybackBase):
             if not closing.is_set():
                 self._lost_threadsafe("the output stream stopped (device error or disconnect)")
 
+        settings = {"device": device.index, "samplerate": rate, "channels": channels, "dtype": "int16",
+                    "blocksize": blocksize, "latency": "low"}
+        pump: Pump | None = None
         with PORTAUDIO_LOCK:
-            stream = sd.OutputStream(
-                device=device.index,
-                samplerate=rate,
-                channels=channels,
-                dtype="int16",
-                blocksize=blocksize,
-                latency="low",
-                callback=callback,
-                finished_callback=finished,
-            )
+            stream = None
+            if not callbacks_refused():
+                try:
+                    stream = sd.OutputStream(**settings, callback=callback, finished_callback=finished)
+                except MemoryError as exc:
+                    note_callbacks_refused(exc)
+            if stream is None:
+                stream = sd.OutputStream(**settings)
+                block = np.zeros((blocksize, channels), dtype=np.int16)
+
+                def write() -> None:
+                    callback(block, blocksize, None, None)
+                    stream.write(block)  # waits until the device has room for it
+
+                pump = Pump("kioskd-playback", write, lambda _exc: finished())
             try:
                 stream.start()
             except Exception:
                 stream.close(ignore_errors=True)
                 raise
-        return stream, device, rate, channels
+        if pump is not None:
+            pump.start()
+        return OpenStream(stream, pump), device, rate, channels
 
     def _first_pull(self) -> None:
         if self._stream is not None:
@@ -461,7 +481,7 @@ class Playback(_PlaybackBase):
         self._pulled_since_open = False
         self._opened_at = time.monotonic()
 
-        def abandon(result: tuple[Any, DeviceInfo, int, int]) -> None:
+        def abandon(result: tuple[OpenStream, DeviceInfo, int, int]) -> None:
             closing.set()
             close_quietly(result[0])
 
@@ -472,7 +492,8 @@ class Playback(_PlaybackBase):
         self._opened_at = time.monotonic()
         if self._pulled_since_open:
             self._flowing()
-        _log.info("speaker open: %s at %d Hz, %d channel(s)", device.name, rate, channels)
+        _log.info("speaker open: %s at %d Hz, %d channel(s)%s", device.name, rate, channels,
+                  " (blocking writes)" if stream.blocking else "")
 
     async def _close(self) -> None:
         stream, closing = self._stream, self._closing

@@ -262,9 +262,77 @@ class DeviceLink(abc.ABC):
             await self._pause(self.check_interval_s)
 
 
-def close_quietly(stream: Any) -> None:
-    """Close a sounddevice stream, ignoring every error (used from a daemon thread)."""
+class _Callbacks:
+    """Whether this process can give PortAudio a callback at all (learnt once)."""
+
+    refused = False
+
+
+def callbacks_refused() -> bool:
+    return _Callbacks.refused
+
+
+def note_callbacks_refused(exc: MemoryError) -> None:
+    """cffi could not create a callback: systemd's ``MemoryDenyWriteExecute=yes`` (or a kernel MDWE policy)."""
+    if not _Callbacks.refused:
+        _Callbacks.refused = True
+        _log.warning("audio callbacks are not possible here (%s); moving audio with blocking reads and "
+                     "writes in threads instead", describe_error(exc).split(".")[0])
+
+
+class Pump:
+    """A daemon thread that moves audio with blocking ``read()``/``write()`` calls, one block per ``step``.
+
+    The fallback for processes where cffi cannot create PortAudio callbacks. ``on_error`` is called (from
+    the thread) when ``step`` raises while the pump was not being stopped, i.e. the device failed.
+    """
+
+    def __init__(self, name: str, step: Callable[[], None], on_error: Callable[[BaseException], None]) -> None:
+        self._step = step
+        self._on_error = on_error
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._step()
+            except Exception as exc:
+                if not self._stopping.is_set():
+                    self._on_error(exc)
+                return
+
+    def stop(self, limit_s: float) -> bool:
+        """Ask the thread to end and wait for it; False if it is stuck in a read or write."""
+        self._stopping.set()
+        if self._thread is not threading.current_thread() and self._thread.is_alive():
+            self._thread.join(limit_s)
+        return not self._thread.is_alive()
+
+
+class OpenStream:
+    """A started sounddevice stream, and its pump when it runs without callbacks."""
+
+    def __init__(self, stream: Any, pump: Pump | None = None) -> None:
+        self.stream = stream
+        self.pump = pump
+
+    @property
+    def blocking(self) -> bool:
+        return self.pump is not None
+
+
+def close_quietly(opened: OpenStream | Any) -> None:
+    """Close a stream (stopping its pump first), ignoring every error; runs in a daemon thread."""
     from kioskd.audio.devices import PORTAUDIO_LOCK
 
+    stream: Any = opened
+    if isinstance(opened, OpenStream):
+        stream = opened.stream
+        if opened.pump is not None and not opened.pump.stop(1.0):
+            return  # a read or write that never returns: closing under it could crash PortAudio
     with PORTAUDIO_LOCK, contextlib.suppress(Exception):
         stream.close(ignore_errors=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import numpy as np
@@ -167,3 +168,40 @@ async def test_a_sound_server_restart_is_survived_by_microphone_and_speaker(audi
         await listener.stop()
     assert listener.capture.stats.reopen_attempts >= 1
     assert playback.stats.reopen_attempts >= 1
+
+
+async def test_a_microphone_that_is_not_there_is_reported_and_retried(audio_rig: AudioRig) -> None:
+    listener = Listener(AudioConfig(input_device="ReSpeaker 4-Mic", **QUICK))
+    listener.start()
+    try:
+        await listener.wait_state(False)
+        await wait_until(lambda: listener.capture.stats.reopen_attempts >= 2, 30, "two more attempts")
+    finally:
+        await listener.stop()
+    assert listener.states == [(False, listener.capture.stats.last_error)]
+    assert "no input device matches 'ReSpeaker 4-Mic'" in listener.states[0][1]
+    assert "pulse" in listener.states[0][1]  # and it says what there is instead
+    assert listener.blocks == []
+
+
+def keep_the_loop_busy(seconds: float) -> None:
+    """Stand-in for a handler that hogs the event loop (not a wait: nothing is synchronised by it)."""
+    time.sleep(seconds)
+
+
+async def test_a_stalled_event_loop_costs_counted_drops_not_a_crash(audio_rig: AudioRig) -> None:
+    listener = Listener(AudioConfig(input_device=ALSA_DEVICE, capture_queue_blocks=5))
+    listener.start()
+    try:
+        await listener.wait_state(True)
+        before = len(listener.blocks)
+        keep_the_loop_busy(0.6)  # 30 blocks' time in which the device goes on delivering
+        await listener.more_blocks(0.2)
+    finally:
+        await listener.stop()
+    stats = listener.capture.stats
+    assert stats.drops > 0
+    # The hand-over queue's worth was kept from the stall; the rest was dropped and counted.
+    assert len(listener.blocks) - before >= 5
+    assert stats.blocks == len(listener.blocks)
+    assert [up for up, _ in listener.states] == [True]
