@@ -176,6 +176,8 @@ class SimCore:
         """An ``error`` event as the service sends for internal trouble (fault injection)."""
         if code == "rate_limit_exceeded":
             error_type, message = "rate_limit_error", RATE_LIMIT_MESSAGE
+        elif code == "session_expired":  # the beta-era form of the session cap (§3.8)
+            error_type, message = "invalid_request_error", session_cap_reason(self._opt.session_cap_s)
         else:
             error_type, message = "server_error", SERVER_ERROR_MESSAGE.format(session_id=self.record.session_id)
         return self._error(ClientError(message, code=code, error_type=error_type, echo_event_id=False), None)

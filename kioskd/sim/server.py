@@ -165,7 +165,6 @@ class SimServer:
         self._accepted: dict[ServerConnection, _Accepted] = {}
         self._forced_failures = 0
         self._changed = asyncio.Event()
-        self._connections: set[asyncio.Task[None]] = set()
 
     # --- lifecycle -----------------------------------------------------------------------------------
 

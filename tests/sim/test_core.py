@@ -666,6 +666,22 @@ def test_short_prompts_are_never_cached() -> None:
 # --- session cap ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("code", "error_type", "text"),
+    [
+        ("server_error", "server_error", "The server had an error while processing your request."),
+        ("rate_limit_exceeded", "rate_limit_error", "Rate limit reached"),
+        ("session_expired", "invalid_request_error", "Your session hit the maximum duration of 30 minutes."),
+    ],
+)
+def test_injected_error_events_read_like_the_service(code: str, error_type: str, text: str) -> None:
+    h = Harness()
+    event = h.core.fault_error_event(code)
+    validate_server_event(event)
+    assert (event["error"]["type"], event["error"]["code"]) == (error_type, code)
+    assert event["error"]["message"].startswith(text)
+
+
 def test_the_session_closes_with_1001_at_its_cap() -> None:
     h = Harness(session_cap_s=120.0)
     assert h.created["session"]["expires_at"] == int(WALL) + 120
