@@ -235,6 +235,9 @@ class Daemon:
         keep = int(self.settings.session.preroll_s * RATE_UPLINK)
         while self._ring and self._ring_samples - len(self._ring[0][1]) >= keep:
             self._ring_samples -= len(self._ring.popleft()[1])
+        if self.state is State.BUDGET_EXHAUSTED and self.counters.capture_blocks % 250 == 0 \
+                and not self.budget.daily_exhausted:
+            self.set_state(State.LISTENING, "a new day's budget")
         if self.state in (State.LISTENING, State.BUDGET_EXHAUSTED):
             if self.detector is not None:
                 self.detector.feed(block.pcm16k, block.end16k)
