@@ -373,10 +373,12 @@ class Daemon:
         assert self._actions is not None and self.session is not None
         cfg = self.settings.session
         while True:
-            try:
-                action = await asyncio.wait_for(self._actions.get(), _TICK_S)
+            action = None
+            try:  # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+                async with asyncio.timeout(_TICK_S):
+                    action = await self._actions.get()
             except TimeoutError:
-                action = None
+                pass
             if isinstance(action, CloseReason):
                 return action
             if action is not None:
