@@ -45,10 +45,11 @@ _log = get_logger("audio.capture")
 class CaptureBlock:
     """One block of microphone audio, converted, with its place on the shared timelines.
 
-    ``end16k``/``end24k`` count the samples produced since start-up up to the end of this block; the wake
-    detector reports positions on the 16 kHz timeline and the pre-roll ring is cut at the matching 24 kHz
-    position (``end24k = end16k * 3 / 2`` up to the resamplers' few-sample delays). ``time`` is the
-    ``time.monotonic()`` at which the device handed the block over.
+    ``end16k``/``end24k`` count the samples produced since start-up up to the end of this block. A position
+    means the same instant on both timelines (16 kHz sample ``p`` is 24 kHz sample ``p * 3 / 2``): the
+    wake detector reports where a wake word ended at 16 kHz and the pre-roll ring is cut at the matching
+    24 kHz position. (The two counts themselves differ by a few ms: each resampler holds back its filter's
+    look-ahead.) ``time`` is the ``time.monotonic()`` at which the device handed the block over.
     """
 
     pcm16k: Int16Array

@@ -19,7 +19,7 @@ from tests.rig import ALSA_DEVICE, AudioRig
 
 pytestmark = [pytest.mark.rig, pytest.mark.asyncio]
 
-VOICES = ["en-us", "en-gb", "en-us-nyc", "en-gb-x-gbcwmd"]
+VOICES = ["en-us", "en-gb", "en-us-nyc", "en-gb-scotland"]
 GAP_S = 2.2  # longer than the 2 s refractory period (less the detection lag), so each utterance may wake
 TOLERANCE = int(0.100 * WAKE_RATE)
 
