@@ -159,23 +159,24 @@ class _BlockSink(DeviceLink):
             frames, when = queue.popleft()
             if delivery is not self._current or delivery.rate is None:
                 continue  # a block from a stream already closed
-            self._converter_for(delivery.rate, list(self.cfg.use_channels))
+            if self._converter is None or self._converter.device_rate != delivery.rate:
+                self._converter_for(delivery.rate, list(self.cfg.use_channels))
             self._deliver(frames, when)
 
     def _deliver(self, frames: np.ndarray, when: float) -> None:
         assert self._converter is not None
-        converted = self._converter.convert(frames)
         self.blocks += 1
         self.last_block_time = when
         if self.up is not True:
             self._flowing()
-        block = CaptureBlock(converted.pcm16k, converted.pcm24k, converted.end16k, converted.end24k, when)
         try:
+            converted = self._converter.convert(frames)
+            block = CaptureBlock(converted.pcm16k, converted.pcm24k, converted.end16k, converted.end24k, when)
             self._on_block(block)
-        except Exception:
+        except Exception:  # one bad block (or handler) must not stop the microphone
             self._handler_failures += 1
             if self._handler_failures <= 3 or self._handler_failures % 1000 == 0:
-                _log.exception("microphone block handler failed (%d times so far)", self._handler_failures)
+                _log.exception("microphone block handling failed (%d times so far)", self._handler_failures)
 
     def stream_finished(self, delivery: _Delivery) -> None:
         self._lost_threadsafe("the input stream stopped (device error or disconnect)")

@@ -237,7 +237,11 @@ class DeviceLink(abc.ABC):
                     await self._close()
                     self._down(describe_error(exc))
                 else:
-                    reason = await self._watch()
+                    try:
+                        reason = await self._watch()
+                    except Exception as exc:  # a bug here must cost a reopen, not the microphone for good
+                        _log.exception("%s device supervision failed", self.kind)
+                        reason = f"internal error: {describe_error(exc)}"
                     await self._close()
                     if reason is None:
                         break

@@ -89,3 +89,23 @@ async def test_file_playback_writes_what_the_speaker_would_have_played(tmp_path:
     assert clip.duration_s >= 0.6
     assert clip.duration_s <= elapsed + cfg.block_ms / 1000  # never ahead of the clock
     assert elapsed >= 0.6 - cfg.block_ms / 1000
+
+
+async def test_a_failing_block_handler_does_not_stop_the_microphone(tmp_path: Path) -> None:
+    path = tmp_path / "short.wav"
+    write_wav(path, to_int16(tone(300, 0.3, 16000, amplitude=0.2)), 16000)
+    calls: list[int] = []
+
+    def broken_handler(block: CaptureBlock) -> None:
+        calls.append(block.end16k)
+        raise RuntimeError("a bug downstream")
+
+    capture = FileCapture(AudioConfig(), broken_handler, path=path)
+    task = asyncio.get_running_loop().create_task(capture.run())
+    await asyncio.wait_for(capture.finished.wait(), 30)
+    await wait_until(lambda: len(calls) >= 20, 30, "more blocks after the file")
+    capture.stop()
+    await asyncio.wait_for(task, 10)
+    assert task.exception() is None
+    assert calls == sorted(calls) and len(set(calls)) == len(calls)  # every block still came, in order
+    assert capture.stats.up is True

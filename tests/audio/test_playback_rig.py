@@ -106,3 +106,17 @@ async def test_each_items_played_counter_matches_what_came_out(audio_rig: AudioR
         assert seconds_of(freqs, freq) == pytest.approx(played, abs=BLOCK_S)
     assert buffer.played_samples("first") == int(0.5 * REALTIME_RATE)
     assert buffer.played_samples("second") == int(0.8 * REALTIME_RATE)
+
+
+async def test_a_speaker_that_is_not_there_is_reported_and_retried(audio_rig: AudioRig) -> None:
+    cfg = AudioConfig(output_device="HDMI", reopen_backoff_s=0.2, reopen_backoff_max_s=0.4)
+    states: list[tuple[bool, str]] = []
+    playback = Playback(cfg, JitterBuffer(cfg), lambda up, why: states.append((up, why)))
+    playback.start()
+    try:
+        await wait_until(lambda: playback.stats.reopen_attempts >= 2, 30, "two more attempts")
+    finally:
+        playback.stop()
+        await playback.wait_closed()
+    assert len(states) == 1 and states[0][0] is False
+    assert "no output device matches 'HDMI'" in states[0][1]
