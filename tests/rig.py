@@ -158,8 +158,12 @@ class AudioRig:
                  "--disallow-exit", "--log-target=stderr"],
                 stdout=log, stderr=log, env=self.env, cwd=self.root,
             )
-        wait_until(self._answers, 15, "the PulseAudio server to answer")
-        self._warm_up()
+        try:
+            wait_until(self._answers, 15, "the PulseAudio server to answer")
+            self._warm_up()
+        except BaseException:
+            self.stop()  # a rig that failed to start leaves nothing running
+            raise
 
     def _warm_up(self) -> None:
         """Make the null sinks behave like sound cards from the first stream on.
