@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import contextlib
 import hmac
-import ipaddress
 import json
 import random
 import signal
@@ -35,6 +34,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from kioskd.logs import get_logger, log_event, register_secret, setup_logging
+from kioskd.realtime.endpoint import is_loopback_host
 from kioskd.sim.core import Close, Output, SimCore
 from kioskd.sim.options import Faults, SimOptions
 from kioskd.sim.records import SessionRecord, Truncation
@@ -116,15 +116,6 @@ class _Accepted:
     auth: str
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def _json_response(connection: ServerConnection, status: int, code: str, message: str, **extra: Any) -> Response:
     body = {"error": {"code": code, "message": message, **extra}}
     response = connection.respond(status, json.dumps(body) + "\n")
@@ -150,7 +141,7 @@ class SimServer:
         voice: ReplyVoice | None = None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        if not is_loopback(host):
+        if not is_loopback_host(host):
             raise ValueError(f"the simulator binds loopback addresses only, not {host!r}")
         self.options = options or SimOptions()
         self.options.validate()
@@ -629,7 +620,7 @@ async def _serve_until_signalled(options: SimOptions, host: str, port: int) -> i
 def cli_sim(args: argparse.Namespace) -> int:
     """``kioskd sim --port N --api-key KEY [--host 127.0.0.1]``: serve until SIGINT/SIGTERM, then exit 0."""
     host = str(args.host)
-    if not is_loopback(host):
+    if not is_loopback_host(host):
         print(f"kioskd sim: --host {host} is not a loopback address; the simulator only binds 127.0.0.1, ::1 "
               "or localhost", file=sys.stderr)
         return EX_USAGE
