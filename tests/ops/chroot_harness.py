@@ -402,6 +402,12 @@ class Container:
         wait_until(logged, timeout_s, lambda: f"KIOSKD_EVENT={event} in kioskd's journal")
         return found[-1]
 
+    def log_tail(self, unit: str = "kioskd.service", lines: int = 40) -> str:
+        """The unit's last journal lines, for a failure message (the test key masked, should it be there)."""
+        out = self.run("journalctl", "--no-pager", "-o", "short-monotonic", "-n", str(lines), "-u", unit,
+                       check=False).stdout
+        return out.replace(TEST_KEY, "[test key]")
+
     def journal_raw(self) -> str:
         """The whole journal, every field of every entry, as text (to look for what must never be there)."""
         return self.run("journalctl", "--no-pager", "-o", "export", timeout_s=60).stdout
