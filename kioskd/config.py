@@ -59,6 +59,9 @@ class AudioConfig(_Section):
     capture_queue_blocks: int = Field(100, ge=4, le=10000)
     echo_cancellation: Literal["off", "builtin", "system"] = "builtin"
     echo_delay_ms: int = Field(40, ge=0, le=500)
+    echo_gate: Literal["off", "on"] = "off"
+    echo_gate_db: float = Field(0.0, ge=-60.0, le=30.0, description="while playing, the uplink must exceed "
+                                "the playback level by this much to pass the echo gate")
     earcon_volume: float = Field(0.5, ge=0.0, le=1.0)
     wake_chime: Path | None = None
     end_chime: Path | None = None

@@ -102,6 +102,12 @@ class Microphone(Protocol):
     def stop(self) -> None: ...
 
 
+class UplinkFilter(Protocol):
+    """What :class:`kioskd.audio.echo.UplinkEcho` does: the echo taken out of each captured 24 kHz block."""
+
+    def process(self, pcm24k: PCM16) -> PCM16: ...
+
+
 class WakeEventLike(Protocol):
     """What :class:`kioskd.wake.WakeEvent` carries."""
 
@@ -189,6 +195,8 @@ class Daemon:
         self.listeners: list[Callable[[DaemonEvent], None]] = []
         self.state_listeners: list[Callable[[State, str], None]] = []
         self.detector: Detector | None = None
+        self.uplink_filter: UplinkFilter | None = None
+        """Echo removal for the uplink, before the pre-roll ring and the session (None: the block as captured)."""
         self.mic_ok = False
         self.last_block_at: float | None = None
         self._ring: deque[tuple[int, PCM16]] = deque()
@@ -229,7 +237,7 @@ class Daemon:
         """A block of microphone audio, already mixed and resampled."""
         self.counters.capture_blocks += 1
         self.last_block_at = self.clock()
-        pcm24 = block.pcm24k
+        pcm24 = block.pcm24k if self.uplink_filter is None else self.uplink_filter.process(block.pcm24k)
         self._ring.append((block.end24k, pcm24))
         self._ring_samples += len(pcm24)
         keep = int(self.settings.session.preroll_s * RATE_UPLINK)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from kioskd.audio.earcons import Earcons
+from kioskd.audio.echo import UplinkEcho, build_uplink_echo
 from kioskd.audio.playback import JitterBuffer
 from kioskd.audio.wav import WavError
 from kioskd.budget import Budget, Ledger
@@ -54,6 +55,7 @@ class Parts:
     output: AudioOut
     buffer: JitterBuffer
     devices: Mapping[str, str] = field(default_factory=dict)
+    echo: UplinkEcho | None = None
 
 
 class DaemonStatus:
@@ -93,7 +95,11 @@ class DaemonStatus:
             "session_usd": None if d.session is None else round(d.session.spend.usd, 6),
         }
         body["wake_models"] = list(d.settings.wake.models)
-        body["echo_cancellation"] = d.settings.audio.echo_cancellation
+        echo = self.parts.echo
+        body["echo_cancellation"] = "off" if echo is None else echo.describe()
+        body["echo_gate"] = "off" if echo is None else echo.describe_gate()
+        if echo is not None:
+            body["counters"].update(echo.counters())
         return body
 
 
@@ -141,6 +147,7 @@ async def run_daemon(
         return open_session(settings.realtime, authenticator, speaker)
 
     daemon = Daemon(settings, speaker=buffer, open_session=open_link, budget=budget)
+    daemon.uplink_filter = parts.echo
     metrics = Metrics()
     metrics.daily_budget.set(settings.budget.daily_usd)
     daemon.listeners.append(_metrics_listener(metrics))
@@ -231,13 +238,16 @@ def device_parts(settings: Settings) -> Parts:
 
     buffer = JitterBuffer(settings.audio, earcons=Earcons(settings.audio))
     output = Playback(settings.audio, buffer, on_state=_speaker_state)
+    echo = build_uplink_echo(settings.audio)
+    if echo.needs_reference:
+        buffer.on_output = echo.tap.hook_for(lambda: buffer.rate)
 
     def make_input(daemon: Daemon, on_block: Callable[[Any], None]) -> AudioIn:
         loop = asyncio.get_running_loop()
         return Capture(settings.audio, on_block, daemon.on_mic_state, loop=loop)
 
     devices = {"input": str(settings.audio.input_device), "output": str(settings.audio.output_device)}
-    return Parts(make_input=make_input, output=output, buffer=buffer, devices=devices)
+    return Parts(make_input=make_input, output=output, buffer=buffer, devices=devices, echo=echo)
 
 
 def run_device_daemon(args: argparse.Namespace) -> int:

@@ -51,6 +51,7 @@ from __future__ import annotations
 import collections
 import logging
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -66,6 +67,13 @@ _log = get_logger("audio.echo")
 FRAME = REALTIME_RATE // 100  # 10 ms at 24 kHz: the canceller's and the gate's unit
 HOLD_S = 1.0
 """How long after the last audible playback the canceller keeps running (echo tail and device latencies)."""
+REFERENCE_LAG_S = 0.05
+"""The canceller gets the reference that was played this long before the microphone block it cleans.
+
+The echo of a block reaches the loop later than the block itself (output latency + the room + input
+latency, 60-200 ms on the devices measured), so the canceller still sees every sound before its echo, and
+the reference has time to arrive from the output thread and through its resampler.
+"""
 GATE_WINDOW_EXTRA_MS = 250
 """The gate compares the uplink with the playback of the last ``echo_delay_ms`` + this many milliseconds."""
 _AUDIBLE = 4  # |sample| above this (int16) counts as playing: dither and rounding stay below
@@ -128,12 +136,14 @@ class ReferenceTap:
     """What the speaker played, handed from the output callback to the loop.
 
     :meth:`push` is the :attr:`~kioskd.audio.playback.JitterBuffer.on_output` hook (through
-    :meth:`hook_for`): it copies the block and appends it to a bounded deque. If the loop stops draining
-    (a stalled microphone), the oldest blocks fall out and are counted in :attr:`dropped`.
+    :meth:`hook_for`): it copies the block, notes the monotonic time and appends both to a bounded deque.
+    If the loop stops draining (a stalled microphone), the oldest blocks fall out and are counted in
+    :attr:`dropped`. The times put the reference on the output device's timeline (:class:`StreamClock`).
     """
 
-    def __init__(self, max_blocks: int = _TAP_BLOCKS) -> None:
-        self._blocks: collections.deque[tuple[Int16Array, int]] = collections.deque(maxlen=max_blocks)
+    def __init__(self, max_blocks: int = _TAP_BLOCKS, clock: Callable[[], float] = time.monotonic) -> None:
+        self._blocks: collections.deque[tuple[Int16Array, int, float]] = collections.deque(maxlen=max_blocks)
+        self._clock = clock
         self.dropped = 0
         self.pushed = 0
 
@@ -142,7 +152,7 @@ class ReferenceTap:
         blocks = self._blocks
         if len(blocks) == blocks.maxlen:
             self.dropped += 1
-        blocks.append((np.array(pcm, dtype=np.int16), rate))
+        blocks.append((np.array(pcm, dtype=np.int16), rate, self._clock()))
         self.pushed += 1
 
     def hook_for(self, rate_of: Callable[[], int]) -> Callable[[Int16Array], None]:
@@ -152,8 +162,8 @@ class ReferenceTap:
 
         return hook
 
-    def drain(self) -> list[tuple[Int16Array, int]]:
-        """Loop: every block pushed since the last drain, oldest first."""
+    def drain(self) -> list[tuple[Int16Array, int, float]]:
+        """Loop: every block pushed since the last drain, oldest first, as (pcm, rate, time pushed)."""
         out = []
         blocks = self._blocks
         while blocks:
@@ -162,6 +172,62 @@ class ReferenceTap:
             except IndexError:
                 break
         return out
+
+
+class StreamClock:
+    """When each sample of a stream was (at the earliest) handed over, on the monotonic clock.
+
+    A device hands over samples at its rate, late by scheduling jitter and never early, so
+    ``time - samples_so_far / rate`` has a floor: the stream's *baseline*, and a sample's time is the
+    baseline plus its index over the rate. The baseline moves up when the device loses time: an output
+    device whose buffer ran dry played silence and asks for every later block that much later; an input
+    device that overflowed dropped samples. That shows as every observation for a while being late by at
+    least the same amount; once that has lasted ``confirm_s`` the baseline moves up from the first of those
+    samples on (:meth:`time_of` is piecewise), so a late callback that the device's buffer bridged (it is
+    followed by back-to-back ones) is never taken for lost time, and samples already timed are re-timed.
+    """
+
+    def __init__(self, rate: int, *, tolerance_s: float = 0.015, confirm_s: float = 0.2) -> None:
+        self.rate = rate
+        self.tolerance_s = tolerance_s
+        self.confirm_s = confirm_s
+        self.samples = 0
+        self.baseline: float | None = None
+        self._late_since: int | None = None  # first sample of the current run of late observations
+        self._late_min = 0.0
+        self._steps: collections.deque[tuple[int, float]] = collections.deque(maxlen=32)  # (from sample, +s)
+        self.shifts = 0
+        self.shifted_s = 0.0
+
+    def note(self, samples: int, at: float) -> None:
+        """``samples`` more were handed over, the last of them at ``at``."""
+        first = self.samples
+        self.samples += samples
+        c = at - self.samples / self.rate - self._offset(first)
+        if self.baseline is None or c < self.baseline:
+            self.baseline = c
+            self._late_since = None
+            return
+        late = c - self.baseline
+        if late <= self.tolerance_s:
+            self._late_since = None
+            return
+        if self._late_since is None:
+            self._late_since, self._late_min = first, late
+        self._late_min = min(self._late_min, late)
+        if (self.samples - self._late_since) / self.rate >= self.confirm_s:
+            self._steps.append((self._late_since, self._late_min))
+            self.shifts += 1
+            self.shifted_s += self._late_min
+            self._late_since = None
+
+    def _offset(self, index: float) -> float:
+        return sum(step for start, step in self._steps if start <= index)
+
+    def time_of(self, index: float) -> float:
+        """When sample ``index`` (counted from the start) was handed over."""
+        assert self.baseline is not None
+        return self.baseline + index / self.rate + self._offset(index)
 
 
 class EchoGate:
@@ -234,6 +300,7 @@ class UplinkEcho:
         delay_ms: int = 40,
         mode: str = "builtin",
         note: str = "",
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.tap = tap
         self.canceller = canceller
@@ -242,7 +309,13 @@ class UplinkEcho:
         self.mode = mode
         self.note = note
         self._resampler: Resampler | None = None
-        self._render = np.zeros(0, dtype=np.int16)
+        self._clock = clock
+        self.playout: StreamClock | None = None  # the reference's timeline (at the output device's rate)
+        self.capture_clock = StreamClock(REALTIME_RATE, confirm_s=1.0)
+        self._segments: collections.deque[tuple[float, Int16Array]] = collections.deque()  # (device index, pcm)
+        self._ref_index = 0.0  # reference samples (24 kHz) taken so far, for their times
+        self._cursor: float | None = None  # time of the next reference frame for the canceller
+        self.reference_gaps = 0
         self._pending_in = np.zeros(0, dtype=np.int16)
         self._pending_out = np.zeros(0, dtype=np.int16)
         self._hold = int(HOLD_S * REALTIME_RATE)
@@ -293,11 +366,14 @@ class UplinkEcho:
         if not self.needs_reference:
             self.tap.drain()  # nothing listens (a canceller that failed): keep the tap from overflowing
             return pcm24k
+        if len(pcm24k):
+            self.capture_clock.note(len(pcm24k), self._clock())
         self._take_reference()
+        start = self.capture_clock.samples - len(pcm24k) - len(self._pending_in)
         self._pending_in = np.concatenate([self._pending_in, np.asarray(pcm24k, dtype=np.int16)])
         whole = len(self._pending_in) // FRAME * FRAME
         frames, self._pending_in = self._pending_in[:whole], self._pending_in[whole:]
-        out = self._frames(frames) if whole else frames
+        out = self._frames(frames, start) if whole else frames
         self._since_audible = min(self._since_audible + len(pcm24k), self._hold)
         available = np.concatenate([self._pending_out, out])
         if len(available) < len(pcm24k):  # a block that is not whole frames: start a sub-frame delay, once
@@ -306,39 +382,79 @@ class UplinkEcho:
         return result
 
     def _take_reference(self) -> None:
-        """Move what was played since the last block into the 24 kHz render queue (or forget silence)."""
-        for pcm, rate in self.tap.drain():
-            audible = bool(np.any(np.abs(pcm) > _AUDIBLE))
-            if audible:
+        """Move what was played into time-stamped 24 kHz segments (while nothing is audible: only its times)."""
+        for pcm, rate, pushed_at in self.tap.drain():
+            if self.playout is None or self.playout.rate != rate:
+                self.playout = StreamClock(rate)
+                self._resampler = Resampler(rate, REALTIME_RATE)
+                self._ref_index = 0.0
+                self._segments.clear()
+            self.playout.note(len(pcm), pushed_at)
+            if np.any(np.abs(pcm) > _AUDIBLE):
                 self._since_audible = 0
             elif not self.active:
-                if self._resampler is not None:
-                    self._resampler.reset()
+                assert self._resampler is not None
+                self._resampler.reset()
+                self._ref_index = self.playout.samples * REALTIME_RATE / rate
                 continue
-            if self._resampler is None or self._resampler.in_rate != rate:
-                self._resampler = Resampler(rate, REALTIME_RATE)
+            assert self._resampler is not None
             ref = to_int16(self._resampler.process(to_float(pcm)))
-            self._render = np.concatenate([self._render, ref])
+            # The resampler hands out whole chunks now and then: time its output by its own sample count.
+            if len(ref):
+                self._segments.append((self._ref_index * rate / REALTIME_RATE, ref))
+                self._ref_index += len(ref)
 
-    def _frames(self, frames: Int16Array) -> Int16Array:
-        """Whole 10 ms frames of uplink through the canceller and the gate."""
-        whole = len(self._render) // FRAME * FRAME
-        render, self._render = self._render[:whole], self._render[whole:]
-        if not self.active:
-            self._render = np.zeros(0, dtype=np.int16)
+    def _reference_frame(self, until: float) -> Int16Array:
+        """The reference played in the 10 ms before ``until`` (zeros where nothing was played)."""
+        frame = np.zeros(FRAME, dtype=np.int16)
+        begin = until - FRAME / REALTIME_RATE
+        segments = self._segments
+        playout = self.playout
+        assert playout is not None
+        while segments and playout.time_of(segments[0][0]) + len(segments[0][1]) / REALTIME_RATE <= begin:
+            segments.popleft()
+        covered = 0
+        for index, pcm in segments:
+            first = round((playout.time_of(index) - begin) * REALTIME_RATE)
+            if first >= FRAME:
+                break
+            lo, hi = max(0, -first), min(len(pcm), FRAME - first)
+            if hi > lo:
+                frame[first + lo : first + hi] = pcm[lo:hi]
+                covered += hi - lo
+        if covered < FRAME // 2:
+            self.reference_gaps += 1
+        return frame
+
+    def _frames(self, frames: Int16Array, first_index: float) -> Int16Array:
+        """Whole 10 ms frames of uplink (``first_index`` on the capture timeline) through canceller and gate.
+
+        Before each microphone frame the canceller gets the reference frames played up to
+        :data:`REFERENCE_LAG_S` before it: one per microphone frame when both devices keep time, so the
+        canceller sees the steady interleaving it is built for, whatever the chunks the devices and the
+        resamplers deliver in.
+        """
+        if not self.active or self.playout is None or self.playout.baseline is None:
+            self._segments.clear()
+            self._cursor = None
             if self.gate is not None:
                 self.gate.note_silence(len(frames) // FRAME)
             return frames
         canceller = self.canceller
+        step = FRAME / REALTIME_RATE
+        out = np.empty_like(frames)
         try:
-            for i in range(0, len(render), FRAME):
-                ref = render[i : i + FRAME]
-                if canceller is not None:
-                    canceller.render(ref)
-                if self.gate is not None:
-                    self.gate.note_reference(ref)
-            out = np.empty_like(frames)
             for i in range(0, len(frames), FRAME):
+                due = self.capture_clock.time_of(first_index + i + FRAME) - REFERENCE_LAG_S
+                if self._cursor is None or not due - 0.2 < self._cursor <= due + step:
+                    self._cursor = due - step  # (re)start: the canceller's own delay search covers the jump
+                while self._cursor + step <= due + 1e-6:
+                    self._cursor += step
+                    ref = self._reference_frame(self._cursor)
+                    if canceller is not None:
+                        canceller.render(ref)
+                    if self.gate is not None:
+                        self.gate.note_reference(ref)
                 frame = frames[i : i + FRAME]
                 if canceller is not None:
                     frame = canceller.capture(frame, self.delay_ms)
