@@ -18,7 +18,7 @@ lists and .deb files the last run used, and a wheelhouse of kioskd's dependencie
 with ``--no-index``. (pip's own HTTP cache does not help on this build machine: the responses carry no
 caching headers, so pip stores nothing.)
 
-Needs root, debootstrap, systemd-container (systemd-nspawn), util-linux (unshare, nsenter) and, while the
+Needs root, debootstrap, systemd-container (systemd-nspawn), util-linux (unshare, nsenter, setpriv) and, while the
 caches are cold, the Debian mirror and PyPI. Every step has a timeout. The container and everything in it end
 with the nspawn process, stopped by its own pid; its mounts live in a private mount namespace.
 """
@@ -456,7 +456,9 @@ def booted(root: Path, health_port: int, timeout_s: float = 60) -> Iterator[Cont
               'exec systemd-nspawn -D "$1" --register=no --keep-unit --boot --console=passive '
               '--machine=kioskd-test')
     with tempfile.TemporaryFile() as log:
-        nspawn = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", str(root)],
+        # setpriv --pdeathsig: should this process die without cleaning up, nspawn gets SIGTERM and powers off.
+        nspawn = subprocess.Popen(["setpriv", "--pdeathsig", "TERM", "unshare", "-m", "--propagation", "private",
+                                   "sh", "-c", script, "sh", str(root)],
                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         init: int | None = None
         try:

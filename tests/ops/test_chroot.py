@@ -38,7 +38,7 @@ from tests.ops.tools import assert_no_secret
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 TOOLS = {"debootstrap": "debootstrap", "systemd-nspawn": "systemd-container", "unshare": "util-linux",
-         "nsenter": "util-linux", "chroot": "coreutils"}
+         "nsenter": "util-linux", "setpriv": "util-linux", "chroot": "coreutils"}
 UNIT = ("ActiveState", "SubState", "Result", "NRestarts", "MainPID", "ExecMainStatus", "InvocationID")
 # The role's default is 30 s; the test inventory sets kioskd_watchdog_sec so a kill comes sooner.
 WATCHDOG = "10s"
