@@ -197,21 +197,25 @@ def pip_env() -> dict[str, str]:
     return env
 
 
-def fill_wheelhouse(wheel: Path, report: Report) -> Path:
-    """Download kioskd's dependencies as wheels for the tree's Python, once per set of requirements."""
+def fill_wheelhouse(wheel: Path, report: Report, tree: Path) -> None:
+    """Download kioskd's dependencies as wheels for the tree's Python (once per set of requirements) and
+    hard-link them into ``tree``'s wheelhouse, where the role's pip finds them."""
     want = "\n".join([*TREE_PYTHON, *requirements(wheel)]) + "\n"
     stamp = WHEELHOUSE / ".requirements"
     with cache_lock("wheelhouse"):
-        if stamp.exists() and stamp.read_text() == want:
-            return WHEELHOUSE
-        report.step(f"downloading kioskd's dependencies into {WHEELHOUSE} (cached afterwards)")
-        WHEELHOUSE.mkdir(parents=True, exist_ok=True)
-        run([sys.executable, "-m", "pip", "download", "-q", "--dest", str(WHEELHOUSE), "--only-binary=:all:",
-             *TREE_PYTHON, str(wheel)], timeout_s=1200, env=pip_env())
-        for own in WHEELHOUSE.glob("kioskd-*.whl"):  # the role installs the wheel it is given, not this copy
-            own.unlink()
-        stamp.write_text(want)
-    return WHEELHOUSE
+        if not (stamp.exists() and stamp.read_text() == want):
+            download_wheels(wheel, report)
+            stamp.write_text(want)
+        link_files(WHEELHOUSE, tree / TREE_WHEELHOUSE.lstrip("/"))
+
+
+def download_wheels(wheel: Path, report: Report) -> None:
+    report.step(f"downloading kioskd's dependencies into {WHEELHOUSE} (cached afterwards)")
+    WHEELHOUSE.mkdir(parents=True, exist_ok=True)
+    run([sys.executable, "-m", "pip", "download", "-q", "--dest", str(WHEELHOUSE), "--only-binary=:all:",
+         *TREE_PYTHON, str(wheel)], timeout_s=1200, env=pip_env())
+    for own in WHEELHOUSE.glob("kioskd-*.whl"):  # the role installs the wheel it is given, not this copy
+        own.unlink()
 
 
 def add_host_ca_certificates(root: Path) -> None:
@@ -316,7 +320,7 @@ def provision(work: Path, report: Report, *, endpoint: str, health_port: int) ->
     add_host_ca_certificates(result.root)
     seed_apt_cache(result.root)
     wheel = build_wheel(work / "dist")
-    link_files(fill_wheelhouse(wheel, report), result.root / TREE_WHEELHOUSE.lstrip("/"))
+    fill_wheelhouse(wheel, report, result.root)
     env = playbook_env(result.root, wheel, endpoint=endpoint, health_port=health_port)
     report.step("bootstrap: python3, python3-apt, systemd")
     result.recaps["bootstrap"] = play("tests/chroot-bootstrap.yml", env)
