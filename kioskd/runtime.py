@@ -21,13 +21,14 @@ from kioskd.audio.echo import UplinkEcho, build_uplink_echo
 from kioskd.audio.playback import JitterBuffer
 from kioskd.audio.wav import WavError
 from kioskd.budget import Budget, Ledger
-from kioskd.config import EX_CONFIG, Settings
+from kioskd.config import EX_CONFIG, RealtimeConfig, Settings
 from kioskd.daemon import Daemon, DaemonEvent, State, install_signal_handlers
 from kioskd.health import Check, HealthServer
 from kioskd.logs import get_logger, log_event, register_secret, setup_logging
 from kioskd.metrics import Metrics
 from kioskd.realtime.auth import Authenticator, make_authenticator
 from kioskd.realtime.client import open_session
+from kioskd.realtime.endpoint import build_realtime_url
 from kioskd.service import Freshness, LoopHeartbeat, Notifier, WatchdogPinger, watchdog_interval
 from kioskd.wake import WakeDetector, WakeModelError
 
@@ -35,6 +36,7 @@ log = get_logger("runtime")
 # Capture must deliver a block at least this often for the pipeline to count as alive (watchdog, /readyz).
 CAPTURE_STALL_S = 2.0
 MODEL_LOAD_ALLOWANCE_S = 90.0
+DEVICE_CLOSE_S = 5.0
 
 
 class AudioIn(Protocol):
@@ -45,6 +47,7 @@ class AudioIn(Protocol):
 class AudioOut(Protocol):
     def start(self) -> None: ...
     def stop(self) -> None: ...
+    async def wait_closed(self) -> None: ...
 
 
 @dataclass
@@ -61,13 +64,12 @@ class Parts:
 class DaemonStatus:
     """What the health endpoint shows, read from the running parts."""
 
-    def __init__(self, daemon: Daemon, heartbeat: LoopHeartbeat, capture_fresh: Freshness, parts: Parts,
-                 auth_ok: Callable[[], bool]) -> None:
+    def __init__(self, daemon: Daemon, heartbeat: LoopHeartbeat, capture_fresh: Freshness, parts: Parts) -> None:
         self.daemon = daemon
         self.heartbeat = heartbeat
         self.capture_fresh = capture_fresh
         self.parts = parts
-        self.auth_ok = auth_ok
+        self.credentials = _credentials_check(daemon.settings.realtime)
 
     def heartbeat_age_s(self) -> float | None:
         return self.heartbeat.age_s()
@@ -79,7 +81,7 @@ class DaemonStatus:
         return {
             "audio_input": Check(mic, "delivering audio" if mic else (d.last_error or "no audio from the microphone")),
             "wake_model": Check(d.detector is not None, "loaded" if d.detector is not None else "not loaded"),
-            "credentials": Check(self.auth_ok(), "present" if self.auth_ok() else "missing"),
+            "credentials": self.credentials,
             "budget": Check(budget_ok, "within today's budget" if budget_ok else "today's budget is spent"),
         }
 
@@ -101,6 +103,17 @@ class DaemonStatus:
         if echo is not None:
             body["counters"].update(echo.counters())
         return body
+
+
+def _credentials_check(cfg: RealtimeConfig) -> Check:
+    """Whether a session could authenticate; the configuration loader already refused an empty key for Azure."""
+    if cfg.auth == "entra":
+        return Check(True, "Microsoft Entra ID (a token is fetched before each connect)")
+    if cfg.api_key.get_secret_value():
+        return Check(True, "API key present")
+    if build_realtime_url(cfg.endpoint, cfg.deployment).is_loopback:
+        return Check(True, "none needed for a local endpoint")
+    return Check(False, "no API key")
 
 
 def _metrics_listener(metrics: Metrics) -> Callable[[DaemonEvent], None]:
@@ -151,6 +164,7 @@ async def run_daemon(
     metrics = Metrics()
     metrics.daily_budget.set(settings.budget.daily_usd)
     daemon.listeners.append(_metrics_listener(metrics))
+
     def report_state(state: State, reason: str) -> None:
         notifier.status(f"{state.value}: {reason}")
 
@@ -160,10 +174,10 @@ async def run_daemon(
 
     heartbeat = LoopHeartbeat()
     capture_fresh = Freshness(CAPTURE_STALL_S)
-    status = DaemonStatus(daemon, heartbeat, capture_fresh, parts,
-                          auth_ok=lambda: settings.realtime.auth == "entra" or bool(
-                              settings.realtime.api_key.get_secret_value()) or settings.realtime.url.startswith("ws:"))
+    status = DaemonStatus(daemon, heartbeat, capture_fresh, parts)
     health: HealthServer | None = None
+    audio_in: AudioIn | None = None
+    capture_task: asyncio.Task[None] | None = None
     tasks: list[asyncio.Task[Any]] = []
     try:
         try:
@@ -190,9 +204,12 @@ async def run_daemon(
         pinger = WatchdogPinger(
             notifier, capture_fresh, interval_s=watchdog_interval(), heartbeat=heartbeat,
             on_lag=metrics.loop_lag.set,
-            on_change=lambda alive: None if alive else daemon.on_mic_state(False, "capture stalled"),
+            # Before the first block the microphone is still opening: that is starting, not a stall.
+            on_change=lambda alive: None if alive or not ready.is_set() else daemon.on_mic_state(
+                False, "capture stalled"),
         )
-        tasks = [loop.create_task(audio_in.run(), name="capture"), loop.create_task(pinger.run(), name="watchdog")]
+        capture_task = loop.create_task(audio_in.run(), name="capture")
+        tasks = [loop.create_task(pinger.run(), name="watchdog")]
         install_signal_handlers(daemon)
         stop_wait = loop.create_task(daemon.wait_stopped())
         ready_wait = loop.create_task(ready.wait())
@@ -207,15 +224,22 @@ async def run_daemon(
             ready_wait.cancel()
         await stop_wait
         notifier.stopping("stopping")
-        audio_in.stop()
         return 0
     finally:
+        # Close the streams and let their tasks finish before the interpreter does: a PortAudio thread
+        # still calling into Python during finalisation can take the process down with it.
+        if audio_in is not None:
+            audio_in.stop()
+        parts.output.stop()
+        closing = [parts.output.wait_closed()] + ([capture_task] if capture_task is not None else [])
+        with contextlib.suppress(TimeoutError, Exception):
+            async with asyncio.timeout(DEVICE_CLOSE_S):
+                await asyncio.gather(*closing, return_exceptions=True)
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        parts.output.stop()
         if health is not None:
             await health.stop()
         if daemon.detector is not None:

@@ -69,4 +69,6 @@ def test_notify_sequence_and_watchdog_stops_on_stalled_capture(audio_rig: AudioR
             notify.close()
     assert proc.returncode == 0, err
     assert "Traceback" not in err
+    start_up = err.split("ready: listening", 1)[0]
+    assert " ERROR " not in start_up, start_up  # a clean start logs no error
     assert KEY not in out + err
