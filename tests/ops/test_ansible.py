@@ -12,7 +12,7 @@ from tests.ops.ansible_tools import ANSIBLE_DIR, ansible_venv, run_ansible
 from tests.ops.test_unit import UNIT, unit_settings
 
 INVENTORIES = ("inventories/production/hosts.yml", "inventories/test/hosts.yml")
-PLAYBOOKS = ("site.yml", "fleet.yml", "tests/chroot-bootstrap.yml", "tests/render.yml")
+PLAYBOOKS = ("site.yml", "fleet.yml", "tests/chroot-bootstrap.yml", "tests/render.yml", "tests/audio-rig.yml")
 
 
 @pytest.fixture(scope="module")
