@@ -13,21 +13,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from kioskd import __version__
-from kioskd.config import DEFAULT_CONFIG_PATH, EX_CONFIG, ConfigError, Settings, load_settings, render_effective
+from kioskd.config import DEFAULT_CONFIG_PATH, load_or_exit, render_effective
 
 EX_USAGE = 64
-
-
-def load_or_exit(path: Path | None) -> Settings:
-    """Load the configuration or print one line per problem and exit 78 (EX_CONFIG)."""
-    try:
-        return load_settings(path)
-    except ConfigError as exc:
-        where = path or DEFAULT_CONFIG_PATH
-        print(f"kioskd: configuration {where} is not valid:", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
-        raise SystemExit(EX_CONFIG) from None
 
 
 def _check_config(args: argparse.Namespace) -> int:

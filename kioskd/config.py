@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -250,6 +251,7 @@ def env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], list[str]
 
 
 def _credential(environ: Mapping[str, str]) -> str | None:
+    """The API key from systemd's credential directory, if one was passed; ValueError if unreadable."""
     directory = environ.get("CREDENTIALS_DIRECTORY")
     if not directory:
         return None
@@ -258,6 +260,9 @@ def _credential(environ: Mapping[str, str]) -> str | None:
         return path.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
         return None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise ValueError(f"realtime.api_key: the systemd credential {path} cannot be read: {reason}") from None
 
 
 def _format_errors(exc: ValidationError) -> list[str]:
@@ -306,7 +311,10 @@ def load_settings(
         data = deep_merge(data, overrides)
     realtime = data.get("realtime")
     if not (isinstance(realtime, dict) and realtime.get("api_key")):
-        secret = _credential(env)
+        try:
+            secret = _credential(env)
+        except ValueError as exc:
+            raise ConfigError([*problems, str(exc)]) from None
         if secret:
             data.setdefault("realtime", {})
             if isinstance(data["realtime"], dict):
@@ -319,6 +327,22 @@ def load_settings(
     if problems:
         raise ConfigError(problems)
     return settings
+
+
+def report_problems(problems: Sequence[str], where: object = None) -> int:
+    """Print one line per problem to stderr, in the form every command uses; return EX_CONFIG (78)."""
+    print(f"kioskd: configuration{f' {where}' if where else ''} is not valid:", file=sys.stderr)
+    for problem in problems:
+        print(f"  {problem}", file=sys.stderr)
+    return EX_CONFIG
+
+
+def load_or_exit(path: Path | None) -> Settings:
+    """:func:`load_settings`, or the problems printed and exit 78 (which systemd does not restart)."""
+    try:
+        return load_settings(path)
+    except ConfigError as exc:
+        raise SystemExit(report_problems(exc.problems, path or DEFAULT_CONFIG_PATH)) from None
 
 
 def _toml_value(value: Any) -> str:

@@ -25,7 +25,7 @@ from kioskd.audio.capture import FileCapture
 from kioskd.audio.earcons import Earcons
 from kioskd.audio.playback import FilePlayback, JitterBuffer
 from kioskd.audio.wav import WavError, read_wav, write_wav
-from kioskd.config import ConfigError, Settings, load_settings
+from kioskd.config import ConfigError, Settings, load_settings, report_problems
 from kioskd.daemon import Daemon, DaemonEvent, State
 from kioskd.logs import setup_logging
 from kioskd.runtime import Parts, run_daemon
@@ -210,10 +210,7 @@ def cli_demo(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(run_demo(args.input, args.output, args.config))
     except ConfigError as exc:
-        print("kioskd demo: configuration is not valid:")
-        for problem in exc.problems:
-            print(f"  {problem}")
-        return 78
+        return report_problems(exc.problems, args.config)
     except WavError as exc:
         print(f"kioskd demo: {exc}")
         return 2

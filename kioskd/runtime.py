@@ -11,7 +11,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -21,7 +20,7 @@ from kioskd.audio.echo import UplinkEcho, build_uplink_echo
 from kioskd.audio.playback import JitterBuffer
 from kioskd.audio.wav import WavError
 from kioskd.budget import Budget, Ledger
-from kioskd.config import EX_CONFIG, RealtimeConfig, Settings
+from kioskd.config import EX_CONFIG, RealtimeConfig, Settings, load_or_exit, report_problems
 from kioskd.daemon import Daemon, DaemonEvent, State, install_signal_handlers
 from kioskd.health import Check, HealthServer
 from kioskd.logs import get_logger, log_event, register_secret, setup_logging
@@ -275,15 +274,12 @@ def device_parts(settings: Settings) -> Parts:
 
 
 def run_device_daemon(args: argparse.Namespace) -> int:
-    from kioskd.cli import load_or_exit
-
     settings = load_or_exit(args.config)
     setup_logging(settings.logging.level)
     try:
         parts = device_parts(settings)
     except WavError as exc:
-        print(f"kioskd: configuration is not valid:\n  {exc}", file=sys.stderr)
-        return EX_CONFIG
+        return report_problems([str(exc)], args.config)
     logging.captureWarnings(True)
     log.info("kioskd starting: endpoint %s, wake %s", settings.realtime.url, ", ".join(settings.wake.models))
     return asyncio.run(run_daemon(settings, parts))

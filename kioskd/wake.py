@@ -467,15 +467,12 @@ def cli_wake_test(args: argparse.Namespace) -> int:
     """``kioskd wake-test FILE.wav``: 0 when a wake word is found, 1 when none, 2 when it cannot run."""
     from kioskd.audio.devices import load_local_settings
     from kioskd.audio.wav import WavError, read_wav
-    from kioskd.config import EX_CONFIG, ConfigError
+    from kioskd.config import ConfigError, report_problems
 
     try:
         settings = load_local_settings(args.config)
     except ConfigError as exc:
-        print("kioskd: the configuration is not valid:", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
-        return EX_CONFIG
+        return report_problems(exc.problems, args.config)
     try:
         clip = read_wav(Path(args.wav))
         wake = _wake_config(settings.wake, args.model, args.threshold)

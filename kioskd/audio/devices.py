@@ -218,15 +218,12 @@ def load_local_settings(path: Path | None) -> Settings:
 
 def cli_devices(args: argparse.Namespace) -> int:
     """``kioskd devices``: list what PortAudio sees and mark the configured input and output with ``*``."""
-    from kioskd.config import EX_CONFIG, ConfigError
+    from kioskd.config import ConfigError, report_problems
 
     try:
         settings = load_local_settings(getattr(args, "config", None))
     except ConfigError as exc:
-        print("kioskd: the configuration is not valid:", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
-        return EX_CONFIG
+        return report_problems(exc.problems, getattr(args, "config", None))
     try:
         devices = list_devices()
     except PortAudioUnavailable as exc:

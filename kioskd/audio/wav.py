@@ -23,6 +23,8 @@ from kioskd.audio.dsp import FloatArray, Int16Array, mix_channels, resample, to_
 # --stdout): the real length is "until the end of the file", not a sign of truncation.
 _STREAMED_SIZE = 0x7FFF0000
 _EXPECTED_RE = re.compile(r"expected (\d+) bytes")
+# Rates a WAV we are given can sensibly have; a header outside them is corrupt (and would cost gigabytes to resample).
+MIN_RATE, MAX_RATE = 1_000, 384_000
 
 
 class WavError(ValueError):
@@ -68,8 +70,8 @@ def read_wav(path: Path) -> WavClip:
             match = _EXPECTED_RE.search(text)
             if not match or int(match.group(1)) < _STREAMED_SIZE:
                 raise WavError(f"{path}: truncated WAV file (the data ends before the header says it does)")
-    if rate <= 0:
-        raise WavError(f"{path}: invalid sample rate {rate}")
+    if not MIN_RATE <= rate <= MAX_RATE:
+        raise WavError(f"{path}: sample rate {rate} Hz is not an audio rate ({MIN_RATE} to {MAX_RATE} Hz)")
     if data.ndim not in (1, 2) or data.size == 0:
         raise WavError(f"{path}: contains no audio")
     if data.dtype.kind == "f" and not np.all(np.isfinite(data)):
