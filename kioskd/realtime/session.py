@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import math
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -270,7 +271,13 @@ class RealtimeSession:
         if expires_at is not None:
             if not isinstance(expires_at, int | float) or isinstance(expires_at, bool):
                 raise MalformedEvent("field 'session.expires_at' is not a number")
-            self._deadline = self._clock() + (float(expires_at) - self._wall_clock())
+            try:
+                expires = float(expires_at)
+            except OverflowError:  # JSON allows any integer
+                expires = math.inf
+            if not math.isfinite(expires):
+                raise MalformedEvent("field 'session.expires_at' is not a finite time")
+            self._deadline = self._clock() + (expires - self._wall_clock())
         self.session = session
         if event["type"] == "session.updated" and not self.ready:
             self.ready = True
@@ -442,11 +449,16 @@ def _pcm(event: Mapping[str, Any], name: str) -> bytes:
     return pcm
 
 
+MAX_TOKENS = 10**9
+"""More tokens than any response can bill (the model's context is 32k): a count above this is a broken event,
+and pricing it would overflow a float."""
+
+
 def _count(details: Mapping[str, Any], name: str, where: str) -> int:
     value = details.get(name, 0)
     if value is None:
         return 0
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_TOKENS:
         raise MalformedEvent(f"usage field '{where}.{name}' is not a token count")
     return value
 

@@ -9,6 +9,7 @@ can show them, and no exception message here is built from them.
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import json
 import math
@@ -21,6 +22,7 @@ from urllib.parse import urlsplit
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import (
+    ConcurrencyError,
     ConnectionClosed,
     InvalidProxy,
     InvalidStatus,
@@ -30,7 +32,7 @@ from websockets.exceptions import (
 from websockets.http11 import Response
 
 from kioskd import __version__
-from kioskd.logs import get_logger, register_secret
+from kioskd.logs import get_logger, redact, register_secret
 from kioskd.realtime.events import parse_server_event
 
 log = get_logger("realtime.transport")
@@ -228,11 +230,33 @@ class RealtimeConnection:
         return parse_server_event(frame)
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
-        await self._ws.close(code, reason)
+        """Close the socket, reading (and discarding) whatever the server still sends meanwhile.
+
+        websockets stops reading the socket while unread events fill its queue, so its close handshake
+        would otherwise wait behind them for the server's close frame until the close timeout.
+        """
+        discard = asyncio.ensure_future(self._discard_incoming())
+        try:
+            await self._ws.close(code, reason)
+        finally:
+            discard.cancel()
+            await asyncio.gather(discard, return_exceptions=True)
+
+    async def _discard_incoming(self) -> None:
+        try:
+            while True:
+                await self._ws.recv()
+        except (ConnectionClosed, ConcurrencyError):  # closed; or the reader is still reading: it drains
+            pass
 
     @property
     def close_code(self) -> int | None:
         return self._ws.close_code
+
+
+def _describe_char(ch: str) -> str:
+    names = {"\r": "a carriage return", "\n": "a line feed", "\t": "a tab"}
+    return names.get(ch, f"U+{ord(ch):04X}")
 
 
 def _ended(exc: ConnectionClosed) -> ConnectionEnded:
@@ -249,11 +273,17 @@ async def connect(url: str, headers: Mapping[str, str], *, open_timeout: float) 
     websockets' 1 MiB default), and compression is off: base64 PCM barely compresses and deflate costs a
     Raspberry Pi real CPU per frame.
     """
+    where = _where(url)
     for name, value in headers.items():
         if name.lower() in _SECRET_HEADERS:
             register_secret(value)
             register_secret(value.removeprefix("Bearer ").strip())
-    where = _where(url)
+            bad = next((i for i, ch in enumerate(value) if not " " <= ch <= "~"), None)
+            if bad is not None:  # websockets would refuse it too, quoting the whole value
+                raise HandshakeFailed(
+                    f"{where}: the {name} header cannot be sent: character {bad + 1} of the credential is "
+                    f"{_describe_char(value[bad])}, which an HTTP header cannot carry (a stray line break or a "
+                    "letter pasted in from elsewhere?)")
     try:
         ws = await _connect_without_redirects(
             url,
@@ -277,7 +307,7 @@ async def connect(url: str, headers: Mapping[str, str], *, open_timeout: float) 
     except InvalidProxy as exc:
         raise ServerUnreachable(f"{where}: the proxy setting is not usable: {exc}") from None
     except WebSocketException as exc:  # any other broken handshake
-        raise HandshakeFailed(f"{where}: the WebSocket handshake failed: {exc}") from None
+        raise HandshakeFailed(redact(f"{where}: the WebSocket handshake failed: {exc}")) from None
     except OSError as exc:
         raise ServerUnreachable(f"{where}: cannot connect ({exc.strerror or exc})") from None
     log.debug("connected to %s", where)
