@@ -14,6 +14,15 @@ and any voice detector, in one of three ways (``audio.echo_cancellation``):
     reply far below the service's speech threshold from the first syllable on, keeps a visitor speaking
     over the reply audible, and costs about 1-2 % of one core while something plays and nothing while
     nothing does. Wheels exist for x86_64 and aarch64 (a Raspberry Pi 4/5 on 64-bit Raspberry Pi OS).
+
+    One weakness was measured on the rig: when playback starts again after a pause (a reply, a new
+    sentence), AEC3 now and then lets 40-70 ms of the echo through almost unattenuated, 100-200 ms after
+    the echo's onset, about once in ten replies on a loaded machine — enough for the service's VAD to open a
+    turn. The *onset guard* (``audio.echo_onset_guard_ms``, 500 ms by default) covers that window: for that
+    long after playback resumes following :data:`ONSET_GAP_S` of quiet, the uplink passes only frames louder
+    than the playback + ``echo_gate_db`` (the echo gate's rule, below). A visitor who starts speaking in
+    that half second and is quieter than the assistant is heard from its end on, not from their first
+    syllable; after it, nothing is gated.
 ``system``
     kioskd does nothing itself: the sound server cancels the echo. The operator routes kioskd through
     PulseAudio's (or PipeWire's) echo canceller, e.g. for PulseAudio::
@@ -74,6 +83,9 @@ The echo of a block reaches the loop later than the block itself (output latency
 latency, 60-200 ms on the devices measured), so the canceller still sees every sound before its echo, and
 the reference has time to arrive from the output thread and through its resampler.
 """
+ONSET_GAP_S = 0.25
+"""Playback that becomes audible after at least this long without arms the onset guard (a reply's start, a new
+sentence; not the pause at a comma)."""
 GATE_WINDOW_EXTRA_MS = 250
 """The gate compares the uplink with the playback of the last ``echo_delay_ms`` + this many milliseconds."""
 _AUDIBLE = 4  # |sample| above this (int16) counts as playing: dither and rounding stay below
@@ -297,6 +309,8 @@ class UplinkEcho:
         *,
         canceller: Canceller | None,
         gate: EchoGate | None = None,
+        onset_guard: EchoGate | None = None,
+        onset_guard_ms: int = 0,
         delay_ms: int = 40,
         mode: str = "builtin",
         note: str = "",
@@ -305,6 +319,10 @@ class UplinkEcho:
         self.tap = tap
         self.canceller = canceller
         self.gate = gate
+        self.onset_guard = onset_guard
+        self._onset_samples = int(onset_guard_ms * REALTIME_RATE / 1000)
+        self._onset_gap = int(ONSET_GAP_S * REALTIME_RATE)
+        self._onset_left = 0  # uplink samples still to pass the onset guard
         self.delay_ms = delay_ms
         self.mode = mode
         self.note = note
@@ -340,8 +358,8 @@ class UplinkEcho:
 
     @property
     def stats(self) -> EchoStats:
-        return EchoStats(self.processed_samples * 1000 // REALTIME_RATE,
-                         0 if self.gate is None else self.gate.closed_frames, self.tap.dropped, self.failures)
+        gated = sum(g.closed_frames for g in (self.gate, self.onset_guard) if g is not None)
+        return EchoStats(self.processed_samples * 1000 // REALTIME_RATE, gated, self.tap.dropped, self.failures)
 
     def counters(self) -> dict[str, int]:
         """For /status."""
@@ -391,6 +409,8 @@ class UplinkEcho:
                 self._segments.clear()
             self.playout.note(len(pcm), pushed_at)
             if np.any(np.abs(pcm) > _AUDIBLE):
+                if self._since_audible >= self._onset_gap:  # sound after a pause: the canceller re-locks
+                    self._onset_left = self._onset_samples
                 self._since_audible = 0
             elif not self.active:
                 assert self._resampler is not None
@@ -455,11 +475,16 @@ class UplinkEcho:
                         canceller.render(ref)
                     if self.gate is not None:
                         self.gate.note_reference(ref)
+                    if self.onset_guard is not None:
+                        self.onset_guard.note_reference(ref)
                 frame = frames[i : i + FRAME]
                 if canceller is not None:
                     frame = canceller.capture(frame, self.delay_ms)
                 if self.gate is not None:
                     frame = self.gate.apply(frame)
+                if self._onset_left > 0 and self.onset_guard is not None:
+                    frame = self.onset_guard.apply(frame)
+                    self._onset_left -= FRAME
                 out[i : i + FRAME] = frame
         except Exception as exc:
             self._canceller_failed(exc)
@@ -483,7 +508,8 @@ def build_uplink_echo(cfg: AudioConfig, *, make_canceller: Callable[[], Cancelle
     ``make_canceller`` replaces the WebRTC canceller (tests, benchmarks).
     """
     tap = ReferenceTap()
-    gate = EchoGate(cfg.echo_gate_db, cfg.echo_delay_ms + GATE_WINDOW_EXTRA_MS) if cfg.echo_gate == "on" else None
+    window_ms = cfg.echo_delay_ms + GATE_WINDOW_EXTRA_MS
+    gate = EchoGate(cfg.echo_gate_db, window_ms) if cfg.echo_gate == "on" else None
     canceller: Canceller | None = None
     note = ""
     if cfg.echo_cancellation == "builtin":
@@ -494,7 +520,9 @@ def build_uplink_echo(cfg: AudioConfig, *, make_canceller: Callable[[], Cancelle
             log_event(_log, "error", "audio.echo_cancellation = \"builtin\", but %s; running without echo "
                       "cancellation (the assistant may interrupt itself)", exc, level=40,
                       REASON="echo_canceller_unavailable")
-    echo = UplinkEcho(tap, canceller=canceller, gate=gate, delay_ms=cfg.echo_delay_ms, mode=cfg.echo_cancellation,
-                      note=note)
+    # While the canceller re-locks onto a reply that starts out of silence, the gate covers for it.
+    onset = EchoGate(cfg.echo_gate_db, window_ms) if canceller is not None and cfg.echo_onset_guard_ms else None
+    echo = UplinkEcho(tap, canceller=canceller, gate=gate, onset_guard=onset, onset_guard_ms=cfg.echo_onset_guard_ms,
+                      delay_ms=cfg.echo_delay_ms, mode=cfg.echo_cancellation, note=note)
     _log.info("echo cancellation: %s; echo gate: %s", echo.describe(), echo.describe_gate())
     return echo

@@ -244,3 +244,48 @@ def test_a_canceller_that_fails_midway_is_switched_off_not_raised(reply: np.ndar
     out = run(echo, reply[: RATE * 2], room(reply[: RATE * 2]))
     assert len(out) > 0 and echo.canceller is None and echo.failures == 1
     assert echo.describe() == "off (breaks failed: native library error)"
+
+
+class _LeakyCanceller:
+    """A canceller that removes nothing: whatever it lets through, only the onset guard can stop."""
+
+    name = "leaky"
+
+    def render(self, frame: np.ndarray) -> None:
+        pass
+
+    def capture(self, frame: np.ndarray, delay_ms: int) -> np.ndarray:
+        return frame
+
+
+def test_the_onset_guard_covers_the_start_of_each_reply_after_a_pause(reply: np.ndarray) -> None:
+    """For ``echo_onset_guard_ms`` after playback resumes from a pause, echo quieter than the playback is
+    silenced; a comma's short pause does not re-arm the guard, a pause between replies does."""
+    cfg = AudioConfig(echo_onset_guard_ms=500)
+    echo = build_uplink_echo(cfg, make_canceller=_LeakyCanceller)
+    tone = reply[: RATE * 2]
+    comma = np.zeros(RATE * 150 // 1000, dtype=np.float32)
+    between = np.zeros(RATE, dtype=np.float32)
+    far = np.concatenate([tone, comma, tone, between, tone, between])
+    out = run(echo, far, room(far))
+    starts = (0, len(tone) + len(comma), 2 * len(tone) + len(comma) + len(between))
+    lead = RATE * 150 // 1000  # the echo's delay, the device's lead and a frame or two
+    for start, guarded in zip(starts, (True, False, True), strict=True):
+        first = frame_levels(out[start + lead : start + RATE * 400 // 1000])
+        later = frame_levels(out[start + RATE * 700 // 1000 : start + RATE * 1500 // 1000])
+        assert later.max() > -30, "after the guard the leaky canceller's echo passes: the guard has ended"
+        if guarded:
+            assert first.max() < -60, f"echo passed during the onset guard of the reply at {start / RATE:.2f} s"
+        else:
+            assert first.max() > -30, "a comma's pause re-armed the guard"
+    assert echo.counters()["echo_gated_frames"] > 0
+
+
+def test_a_visitor_louder_than_the_playback_passes_the_onset_guard(reply: np.ndarray, speak: Speak) -> None:
+    visitor = speech(speak, "Stop, stop please")
+    near = np.zeros(len(reply))
+    near[RATE // 10 : RATE // 10 + len(visitor)] = visitor[: len(reply) - RATE // 10] * 10 ** (6 / 20)
+    echo = build_uplink_echo(AudioConfig(echo_onset_guard_ms=500), make_canceller=_LeakyCanceller)
+    out = run(echo, reply, room(reply, gain_db=-10) + near)
+    during = frame_levels(out[RATE * 150 // 1000 : RATE // 2])
+    assert np.count_nonzero(during > -45) > 10, "the visitor was silenced by the onset guard"
