@@ -107,6 +107,8 @@ class FastKiosk:
         self.mic_live = True
         self.blocks_fed = 0
         self.blocks_played = 0
+        self.recorded: list[PCM] | None = None
+        """Set to a list to keep every block the microphone delivered (to replay the same audio elsewhere)."""
         self._background = background or (lambda n: np.zeros(n, dtype=np.int16))
         self._script: deque[tuple[PCM, asyncio.Future[None]]] = deque()
         self._script_pos = 0
@@ -169,7 +171,10 @@ class FastKiosk:
     def _feed_one(self) -> None:
         if not self.mic_live:
             return
-        converted = self.converter.convert(self._next_block())
+        block = self._next_block()
+        if self.recorded is not None:
+            self.recorded.append(np.array(block, dtype=np.int16))
+        converted = self.converter.convert(block)
         self.blocks_fed += 1
         self.daemon.on_block(converted)
 
@@ -217,6 +222,11 @@ class FastKiosk:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._script.append((np.asarray(pcm24k, dtype=np.int16), done))
         return done
+
+    @property
+    def position_s(self) -> float:
+        """Seconds of microphone audio delivered so far: the kiosk's clock at an accelerated pace."""
+        return self.blocks_fed * self.settings.audio.block_ms / 1000
 
     def lose_mic(self, reason: str = "the USB microphone was unplugged") -> None:
         self.mic_live = False
