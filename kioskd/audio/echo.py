@@ -34,7 +34,8 @@ and any voice detector, in one of three ways (``audio.echo_cancellation``):
 
     and sets ``audio.input_device``/``audio.output_device`` to ``pulse`` (or ``PULSE_SOURCE``/``PULSE_SINK``
     in the unit's environment) so that both streams go through the canceller's source and sink. PipeWire's
-    equivalent is ``libpipewire-module-echo-cancel``. The Ansible role must install and configure that.
+    equivalent is ``libpipewire-module-echo-cancel``. The Ansible role does not set this up (yet): ``system`` is
+    for images whose sound server is already configured that way.
 ``off``
     Nothing: for headsets, or hardware whose microphone array cancels the echo itself.
 
