@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+from unittest import mock
 
 import numpy as np
 
@@ -57,11 +58,8 @@ def client_receipts(on_event: Callable[[ServerEventSeen], None] | None = None) -
             on_event(record)
         return event
 
-    RealtimeConnection.receive = receive  # type: ignore[method-assign]
-    try:
+    with mock.patch.object(RealtimeConnection, "receive", receive):
         yield seen
-    finally:
-        RealtimeConnection.receive = original  # type: ignore[method-assign]
 
 
 @dataclass
@@ -86,11 +84,8 @@ def sim_receipts() -> Iterator[SimReceipts]:
         seen.events.append((now, self.record.session_id, kind))
         return original(self, frame, now)
 
-    SimCore.receive = receive  # type: ignore[method-assign]
-    try:
+    with mock.patch.object(SimCore, "receive", receive):
         yield seen
-    finally:
-        SimCore.receive = original  # type: ignore[method-assign]
 
 
 @dataclass

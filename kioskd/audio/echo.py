@@ -521,7 +521,7 @@ def build_uplink_echo(cfg: AudioConfig, *, make_canceller: Callable[[], Cancelle
             log_event(_log, "error", "audio.echo_cancellation = \"builtin\", but %s; running without echo "
                       "cancellation (the assistant may interrupt itself)", exc, level=40,
                       REASON="echo_canceller_unavailable")
-    # While the canceller re-locks onto a reply that starts out of silence, the gate covers for it.
+    # While the canceller re-locks onto playback that resumes after a pause, the gate's rule covers for it.
     onset = EchoGate(cfg.echo_gate_db, window_ms) if canceller is not None and cfg.echo_onset_guard_ms else None
     echo = UplinkEcho(tap, canceller=canceller, gate=gate, onset_guard=onset, onset_guard_ms=cfg.echo_onset_guard_ms,
                       delay_ms=cfg.echo_delay_ms, mode=cfg.echo_cancellation, note=note)
