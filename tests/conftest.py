@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.rig import DEFAULT_RATE, AudioRig, missing_tools, synthesize
+from tests.rig import DEFAULT_RATE, AudioRig, missing_tools, running_rig, synthesize
 
 Speak = Callable[..., Path]
 
@@ -42,15 +42,5 @@ def audio_rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Audio
     missing = missing_tools()
     if missing:
         pytest.fail(f"the audio rig needs {', '.join(missing)} (Debian: pulseaudio pulseaudio-utils espeak-ng)")
-    rig = AudioRig(tmp_path / "rig", set_env=monkeypatch.setenv)
-    for key in ("XDG_RUNTIME_DIR", "PULSE_SERVER", "PULSE_SOURCE", "PULSE_SINK"):
-        monkeypatch.setenv(key, rig.env[key])
-    rig.start()
-    from kioskd.audio.devices import rescan
-
-    rescan()
-    try:
+    with running_rig(tmp_path / "rig", monkeypatch.setenv) as rig:
         yield rig
-    finally:
-        rig.stop()
-        rescan()

@@ -27,7 +27,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +53,28 @@ set-default-source {MIC}
 
 class RigError(RuntimeError):
     pass
+
+
+PROCESS_ENV = ("XDG_RUNTIME_DIR", "PULSE_SERVER", "PULSE_SOURCE", "PULSE_SINK")
+"""What this process's environment must say for sounddevice, used in-process, to find the rig."""
+
+
+@contextlib.contextmanager
+def running_rig(root: Path, set_env: Callable[[str, str], None]) -> Iterator[AudioRig]:
+    """Start a rig under ``root``, point this process at it through ``set_env`` (which the caller undoes)
+    and re-initialise PortAudio to see it; stop it and re-initialise again on the way out."""
+    from kioskd.audio.devices import rescan
+
+    rig = AudioRig(root, set_env=set_env)
+    for key in PROCESS_ENV:
+        set_env(key, rig.env[key])
+    rig.start()
+    rescan()
+    try:
+        yield rig
+    finally:
+        rig.stop()
+        rescan()
 
 
 def missing_tools() -> list[str]:
