@@ -27,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from kioskd.audio.dsp import resample
+from tests.audio.signals import OTHER_SENTENCES
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FloatArray = npt.NDArray[np.float32]
@@ -169,23 +170,6 @@ def to_int16(signal: FloatArray) -> Int16Array:
     return np.asarray(np.clip(np.rint(signal * 32768.0), -32768, 32767), dtype=np.int16)
 
 
-SENTENCES = (
-    "The weather today is sunny with a light breeze from the west.",
-    "Please remember to bring your ticket to the front desk.",
-    "Our opening hours are from nine in the morning until six in the evening.",
-    "The museum cafe serves coffee, tea and fresh sandwiches.",
-    "Turn left after the elevator to find the restrooms.",
-    "Children under twelve can enter for free on Sundays.",
-    "Hello there, how can I help you find your way around?",
-    "The next guided tour starts in fifteen minutes at the main entrance.",
-    "Jars of honey are on sale in the gift shop.",
-    "Hey, has anyone seen my umbrella? I think I left it by the door.",
-    "Jarvis Cocker sang with Pulp in the nineties.",
-    "Hey, harvest festival tickets are half price.",
-    "Have you seen the new exhibition upstairs?",
-    "Excuse me, where can I buy a map of the city?",
-    "The train to the airport leaves every twenty minutes.",
-    "Hey Travis, are you coming to lunch with us?",
-)
+SENTENCES = OTHER_SENTENCES
 VOICES = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029",
           "en-us-nyc", "en-us+f3", "en-gb+f4", "en-us+m4", "en-029+f2")

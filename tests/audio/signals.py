@@ -11,6 +11,27 @@ import numpy as np
 from kioskd.audio.dsp import mix_channels, resample
 from kioskd.audio.wav import read_wav
 
+# Speech that is not the wake word: everyday kiosk sentences, some chosen to sound close to it
+# ("Jarvis Cocker", "harvest", "Hey Travis").
+OTHER_SENTENCES = (
+    "The weather today is sunny with a light breeze from the west.",
+    "Please remember to bring your ticket to the front desk.",
+    "Our opening hours are from nine in the morning until six in the evening.",
+    "The museum cafe serves coffee, tea and fresh sandwiches.",
+    "Turn left after the elevator to find the restrooms.",
+    "Children under twelve can enter for free on Sundays.",
+    "Hello there, how can I help you find your way around?",
+    "The next guided tour starts in fifteen minutes at the main entrance.",
+    "Jars of honey are on sale in the gift shop.",
+    "Hey, has anyone seen my umbrella? I think I left it by the door.",
+    "Jarvis Cocker sang with Pulp in the nineties.",
+    "Hey, harvest festival tickets are half price.",
+    "Have you seen the new exhibition upstairs?",
+    "Excuse me, where can I buy a map of the city?",
+    "The train to the airport leaves every twenty minutes.",
+    "Hey Travis, are you coming to lunch with us?",
+)
+
 
 def tone(freq: float, seconds: float, rate: int, amplitude: float) -> np.ndarray:
     t = np.arange(round(seconds * rate)) / rate

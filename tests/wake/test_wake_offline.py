@@ -17,21 +17,10 @@ import pytest
 from kioskd.audio.dsp import WAKE_RATE, to_int16
 from kioskd.config import AudioConfig, WakeConfig
 from kioskd.wake import WakeDetector, WakeEngine, WakeEvent, WakeModelError, builtin_models, resolve_models, scan_clip
-from tests.audio.signals import load_mono, speech_end
+from tests.audio.signals import OTHER_SENTENCES, load_mono, speech_end
 from tests.conftest import Speak
 
-SENTENCES = [
-    "The weather today is sunny with a light breeze from the west.",
-    "Please remember to bring your ticket to the front desk.",
-    "Our opening hours are from nine in the morning until six in the evening.",
-    "The museum cafe serves coffee, tea and fresh sandwiches.",
-    "Turn left after the elevator to find the restrooms.",
-    "Children under twelve can enter for free on Sundays.",
-    "Hello there, how can I help you find your way around?",
-    "The next guided tour starts in fifteen minutes at the main entrance.",
-    "Jars of honey are on sale in the gift shop.",
-    "Hey, has anyone seen my umbrella? I think I left it by the door.",
-]
+SENTENCES = OTHER_SENTENCES[:10]
 AUDIO = AudioConfig()
 
 
