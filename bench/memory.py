@@ -64,9 +64,11 @@ def smaps(pid: int) -> dict[str, float]:
     return fields
 
 
-# Where the listening footprint goes: the wake engine loaded three ways, each in a fresh interpreter.
+# Where the listening footprint goes: the wake engine loaded three ways, each in a fresh interpreter. kioskd
+# keeps openwakeword's verifier trainer (scikit-learn, SciPy) out and builds its onnxruntime sessions without
+# the CPU memory arena (kioskd.wake); the other two variants put one of those back, to show what each saves.
 _FOOTPRINT = """
-import sys, types
+import contextlib, sys
 def rss():
     for line in open('/proc/self/status'):
         if line.startswith('VmRSS'):
@@ -74,30 +76,22 @@ def rss():
 variant = sys.argv[1]
 import numpy, onnxruntime
 base = rss()
-if variant != "as shipped":
-    # openwakeword/__init__ imports its custom-verifier trainer, which pulls in scikit-learn and SciPy.
-    stub = types.ModuleType("openwakeword.custom_verifier_model")
-    stub.train_custom_verifier = None
-    sys.modules["openwakeword.custom_verifier_model"] = stub
-if variant == "no scikit-learn, no onnxruntime arena":
-    class Options(onnxruntime.SessionOptions):
-        def __init__(self):
-            super().__init__()
-            self.enable_cpu_mem_arena = False
-            self.enable_mem_pattern = False
-    onnxruntime.SessionOptions = Options
-import openwakeword.model
+import kioskd.wake as wake
+if variant == "with scikit-learn (openwakeword as packaged)":
+    import openwakeword
+if variant == "with onnxruntime's memory arena":
+    wake._sessions_without_memory_arena = contextlib.nullcontext
+wake._openwakeword_model_class()
 imported = rss()
 from kioskd.config import WakeConfig
-from kioskd.wake import WakeEngine
 import numpy as np
-engine = WakeEngine(WakeConfig())
+engine = wake.WakeEngine(WakeConfig())
 rng = np.random.default_rng(0)
 for i in range(250):
     engine.process(rng.integers(-2000, 2000, 1280).astype(np.int16), (i + 1) * 1280)
 print(base, imported, rss())
 """
-FOOTPRINT_VARIANTS = ("as shipped", "no scikit-learn import", "no scikit-learn, no onnxruntime arena")
+FOOTPRINT_VARIANTS = ("kioskd", "with scikit-learn (openwakeword as packaged)", "with onnxruntime's memory arena")
 
 
 def wake_footprint() -> dict[str, dict[str, float]]:
@@ -200,7 +194,7 @@ def main() -> int:
     print(f"{sessions['idle_closes']}/{sessions['sessions']} sessions closed for idleness; "
           f"crashes: {len(sessions['crashes'])}")
     print(table("wake engine alone, fresh interpreter (MB RSS)",
-                ["variant", "numpy+onnxruntime", "+ openwakeword import", "+ models loaded, run", "total"],
+                ["variant", "numpy+onnxruntime", "+ kioskd.wake, openwakeword", "+ models loaded, run", "total"],
                 [(k, v["numpy_and_onnxruntime_mb"], v["openwakeword_import_mb"], v["models_loaded_and_run_mb"],
                   v["total_mb"]) for k, v in footprint.items()]))
     print(f"results: {write_results(NAME, figures, started)}")

@@ -24,15 +24,18 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import importlib
 import importlib.util
 import queue
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+import types
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 
@@ -183,21 +186,67 @@ def _reset_features(model: Any, seed: int = 0) -> None:
         model.vad.prediction_buffer.clear()
 
 
+_VERIFIER_TRAINER = "openwakeword.custom_verifier_model"
+
+
+def _openwakeword_model_class() -> Any:
+    """openwakeword's ``Model``, imported without what detection never uses.
+
+    The package's ``__init__`` imports its custom-verifier *trainer*, which pulls in scikit-learn and SciPy:
+    about 95 MB resident on a device that only detects (``bench/memory.py`` measures it). The trainer's
+    module is replaced, before the package is first imported, by one whose ``train_custom_verifier``
+    imports the real trainer when it is called; verifier models given to ``Model`` are unpickled as before.
+    """
+    if "openwakeword" not in sys.modules and _VERIFIER_TRAINER not in sys.modules:
+        stand_in = types.ModuleType(_VERIFIER_TRAINER)
+
+        def train_custom_verifier(*args: Any, **kwargs: Any) -> Any:
+            del sys.modules[_VERIFIER_TRAINER]
+            return importlib.import_module(_VERIFIER_TRAINER).train_custom_verifier(*args, **kwargs)
+
+        stand_in.train_custom_verifier = train_custom_verifier  # type: ignore[attr-defined]
+        sys.modules[_VERIFIER_TRAINER] = stand_in
+    from openwakeword.model import Model
+
+    return Model
+
+
+@contextlib.contextmanager
+def _sessions_without_memory_arena() -> Iterator[None]:
+    """While openwakeword builds its onnxruntime sessions (it makes their ``SessionOptions`` itself), turn off
+    the CPU memory arena and pattern planning: for these small models the arena holds ~35 MB that inference
+    does not need, at no measurable CPU cost (``bench/listening_cpu.py``, ``bench/memory.py``)."""
+    import onnxruntime
+
+    class Options(onnxruntime.SessionOptions):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.enable_cpu_mem_arena = False
+            self.enable_mem_pattern = False
+
+    with _ORT_PATCH_LOCK, mock.patch.object(onnxruntime, "SessionOptions", Options):
+        yield
+
+
+_ORT_PATCH_LOCK = threading.Lock()
+
+
 class WakeEngine:
     """The synchronous detector: frames in, events out. Used by the worker thread (and by tests directly)."""
 
     def __init__(self, cfg: WakeConfig) -> None:
-        from openwakeword.model import Model
+        model_class = _openwakeword_model_class()
 
         self.cfg = cfg
         models = resolve_models(cfg.models)
         try:
-            self.model = Model(
-                wakeword_models=[str(path) for _, path in models],
-                inference_framework="onnx",
-                vad_threshold=cfg.vad_threshold,
-                ncpu=1,
-            )
+            with _sessions_without_memory_arena():
+                self.model = model_class(
+                    wakeword_models=[str(path) for _, path in models],
+                    inference_framework="onnx",
+                    vad_threshold=cfg.vad_threshold,
+                    ncpu=1,
+                )
         except Exception as exc:
             names = ", ".join(str(p) for _, p in models)
             raise WakeModelError(f"cannot load wake model(s) {names}: {exc}") from None

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy.io import wavfile  # type: ignore[import-untyped, unused-ignore]
 
 from kioskd.audio.dsp import FloatArray, Int16Array, mix_channels, resample, to_float
 
@@ -49,6 +48,9 @@ class WavClip:
 
 def read_wav(path: Path) -> WavClip:
     """Decode ``path`` or raise :class:`WavError` saying what is wrong with it."""
+    # Imported here: SciPy costs the daemon ~25 MB resident, and it reads WAV files only when configured to.
+    from scipy.io import wavfile  # type: ignore[import-untyped, unused-ignore]
+
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

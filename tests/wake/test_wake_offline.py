@@ -204,3 +204,35 @@ async def test_inference_runs_off_the_loop_and_a_backlog_drops_instead_of_blocki
     finally:
         detector.close()
     assert not detector.loaded
+
+
+_LEAN_LOAD = """
+import asyncio, sys
+import onnxruntime
+from kioskd.audio.dsp import to_int16
+from kioskd.audio.wav import read_wav
+from kioskd.config import AudioConfig, WakeConfig
+from kioskd.wake import scan_clip
+original = onnxruntime.SessionOptions
+clip = read_wav(sys.argv[1])
+events = asyncio.run(scan_clip(to_int16(clip.frames), clip.rate, WakeConfig(), AudioConfig()))
+print(len(events), "sklearn" in sys.modules, onnxruntime.SessionOptions is original)
+import openwakeword
+try:
+    openwakeword.train_custom_verifier()
+except TypeError:
+    print("trainer", "sklearn" in sys.modules)
+"""
+
+
+def test_the_wake_engine_loads_without_the_verifier_trainer_and_still_detects(speak: Speak) -> None:
+    """scikit-learn (openwakeword's trainer, ~95 MB) stays out of a detecting process, onnxruntime is left as
+    it was found, and asking for the trainer still reaches the real one."""
+    import subprocess
+    import sys
+
+    clip = speak("Hey Jarvis, where is the exit?")
+    run = subprocess.run([sys.executable, "-c", _LEAN_LOAD, str(clip)], capture_output=True, text=True,
+                         timeout=120, check=False)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["1", "False", "True", "trainer", "True"], run.stdout
