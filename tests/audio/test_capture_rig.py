@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -27,7 +28,7 @@ QUICK = {"reopen_backoff_s": 0.2, "reopen_backoff_max_s": 0.4}
 class Listener:
     """A running Capture and everything it reported."""
 
-    def __init__(self, cfg: AudioConfig, **kwargs: float) -> None:
+    def __init__(self, cfg: AudioConfig, **kwargs: Any) -> None:
         self.blocks: list[CaptureBlock] = []
         self.states: list[tuple[bool, str]] = []
         self.capture = Capture(cfg, self.blocks.append, lambda up, why: self.states.append((up, why)), **kwargs)

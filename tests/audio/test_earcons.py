@@ -17,7 +17,8 @@ from tests.audio.signals import tone
 
 def spectrum(pcm: np.ndarray) -> np.ndarray:
     magnitude = np.abs(np.fft.rfft(pcm.astype(np.float64), REALTIME_RATE))
-    return magnitude / np.linalg.norm(magnitude)
+    normalised: np.ndarray = magnitude / np.linalg.norm(magnitude)
+    return normalised
 
 
 def test_built_in_sounds_are_short_clean_and_tell_apart() -> None:

@@ -38,7 +38,10 @@ def test_mic_loss_degrades_readiness_and_recovers_without_restart(audio_rig: Aud
             dut = DaemonUnderTest(rig_settings(tmp_path / "state", sim.url))
             daemon = await dut.start()
             assert dut.health_url is not None and dut.health_url.startswith("http://127.0.0.1:")
-            fetch = lambda path: asyncio.to_thread(get, dut.health_url + path)  # noqa: E731
+            base = dut.health_url
+
+            async def fetch(path: str) -> tuple[int, Any]:
+                return await asyncio.to_thread(get, base + path)
 
             status, ready = await fetch("/readyz")
             assert status == 200 and all(c["ok"] for c in ready["checks"].values())

@@ -15,6 +15,9 @@ from kioskd.daemon import Daemon, RealtimeLink, Speaker
 from kioskd.realtime import events as ev
 from tests.e2e.harness import DaemonUnderTest
 
+TAIL_BLOCKS = 20
+"""After a reply, 400 ms more of microphone audio (the echo's tail) reach the server."""
+
 
 class EchoDaemon(DaemonUnderTest):
     """A :class:`DaemonUnderTest` that remembers its realtime links."""
@@ -37,6 +40,17 @@ class EchoDaemon(DaemonUnderTest):
         """Make the simulator answer now, as if the visitor had asked (nothing is said at the microphone)."""
         link: Any = self.links[-1]
         assert await link.send(ev.response_create()), "the realtime link is closed"
+
+    async def reply_in_silence(self, tail_blocks: int = TAIL_BLOCKS) -> None:
+        """One full reply with nobody speaking, then ``tail_blocks`` more microphone blocks (the echo's tail)."""
+        daemon = self.daemon
+        assert daemon is not None, "start the daemon first"
+        before = len(self.events)
+        await self.ask_for_reply()
+        await self.wait_event("response_done", after=before)
+        await self.wait_for(lambda: not self.playing(), "the reply to finish playing")
+        since = daemon.counters.capture_blocks
+        await self.wait_for(lambda: daemon.counters.capture_blocks >= since + tail_blocks, "the echo's tail")
 
     def playing(self) -> bool:
         buffer = self.parts.buffer

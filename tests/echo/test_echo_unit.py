@@ -93,7 +93,8 @@ def longest_run(flags: np.ndarray) -> int:
 
 def frame_levels(x: np.ndarray) -> np.ndarray:
     n = len(x) // FRAME * FRAME
-    return 10 * np.log10(np.mean(x[:n].reshape(-1, FRAME) ** 2, axis=1) + 1e-20)
+    levels: np.ndarray = 10 * np.log10(np.mean(x[:n].reshape(-1, FRAME) ** 2, axis=1) + 1e-20)
+    return levels
 
 
 @pytest.fixture(scope="module")

@@ -42,7 +42,7 @@ def speech(text: str, voice: str = "en-us") -> bytes:
         rate = wav.getframerate()
         frames = wav.readframes(2**31 - 1)
     samples = np.frombuffer(frames[: len(frames) // 2 * 2], dtype="<i2").astype(np.float32)
-    resampled = soxr.resample(samples, rate, RATE)
+    resampled = np.asarray(soxr.resample(samples, rate, RATE), dtype=np.float32)
     return np.clip(resampled, -32768, 32767).astype("<i2").tobytes()
 
 

@@ -11,10 +11,10 @@ from kioskd.audio.capture import CaptureBlock
 from kioskd.audio.playback import JitterBuffer
 from kioskd.budget import Budget, Ledger, SessionSpend, TokenUsage
 from kioskd.config import load_settings
-from kioskd.daemon import Daemon, State
+from kioskd.daemon import Daemon, RealtimeLink, Speaker, State
 
 
-async def _never(_speaker: object) -> object:
+async def _never(_speaker: Speaker) -> RealtimeLink:
     raise AssertionError("no session is opened in this test")
 
 
@@ -35,9 +35,12 @@ def test_budget_exhausted_turns_back_to_listening_on_a_new_day(tmp_path: Path) -
             n = daemon.counters.capture_blocks + 1
             daemon.on_block(CaptureBlock(silence16, silence24, n * 320, n * 480, 0.0))
 
+    def state() -> State:  # read afresh: the daemon changes it under the feeding
+        return daemon.state
+
     feed(500)
-    assert daemon.state is State.BUDGET_EXHAUSTED
+    assert state() is State.BUDGET_EXHAUSTED
     day[0] = date(2026, 11, 26)
     feed(250)
-    assert daemon.state is State.LISTENING
+    assert state() is State.LISTENING
     assert daemon.state_reason == "a new day's budget"
