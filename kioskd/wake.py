@@ -171,19 +171,42 @@ def _reset_features(model: Any, seed: int = 0) -> None:
     ``Model.reset()`` clears only the score history; the feature extractor still holds seconds of old audio
     (a wake word from before the reset would fire again). This restores the extractor's buffers to their
     state after construction (see ``openwakeword.utils.AudioFeatures.__init__``), with seeded noise so runs
-    are repeatable.
+    are repeatable, and with a raw-audio buffer of one second instead of ten (:data:`_RAW_KEPT`).
     """
     model.reset()
     pre = model.preprocessor
-    pre.raw_data_buffer.clear()
+    pre.raw_data_buffer = collections.deque(maxlen=_RAW_KEPT)
     pre.melspectrogram_buffer = np.ones((76, 32))
     pre.accumulated_samples = 0
     pre.raw_data_remainder = np.empty(0)
     noise = np.random.default_rng(seed).integers(-1000, 1000, WAKE_RATE * 4).astype(np.int16)
-    pre.feature_buffer = pre._get_embeddings(noise)
+    pre.feature_buffer = _embeddings_in_small_batches(pre, noise)
     if getattr(model, "vad_threshold", 0) > 0:
         model.vad.reset_states()
         model.vad.prediction_buffer.clear()
+
+
+# openWakeWord keeps the last 10 s of raw audio as a deque of Python ints (~6 MB once full) and copies all of
+# it into a list every frame, though each mel step reads only the newest frame plus 480 samples. One second
+# covers that for every frame size up to 15 520 samples; kioskd always hands it 1280.
+_RAW_KEPT = WAKE_RATE
+
+# openWakeWord fills its feature buffer from 4 s of noise, run through the embedding model as one batch of 41
+# mel windows: ~40 MB of intermediate tensors at once, held afterwards by the C allocator as free heap. A few
+# windows per call give the same embeddings at a fraction of the peak.
+_EMBEDDING_BATCH = 4
+_MEL_WINDOW = 76
+_MEL_STEP = 8
+
+
+def _embeddings_in_small_batches(pre: Any, x: Int16Array, *args: Any, **kwargs: Any) -> Any:
+    """``openwakeword.utils.AudioFeatures._get_embeddings`` (0.5.1) with the windows run a few at a time."""
+    spec = pre._get_melspectrogram(x, **kwargs)
+    windows = [spec[i : i + _MEL_WINDOW] for i in range(0, spec.shape[0], _MEL_STEP)]
+    batch = np.expand_dims(np.array([w for w in windows if w.shape[0] == _MEL_WINDOW]), axis=-1).astype(np.float32)
+    parts = [np.asarray(pre.embedding_model_predict(batch[i : i + _EMBEDDING_BATCH]))
+             for i in range(0, len(batch), _EMBEDDING_BATCH)]
+    return np.concatenate([p.reshape(-1, p.shape[-1]) for p in parts])
 
 
 _VERIFIER_TRAINER = "openwakeword.custom_verifier_model"
@@ -212,10 +235,11 @@ def _openwakeword_model_class() -> Any:
 
 
 @contextlib.contextmanager
-def _sessions_without_memory_arena() -> Iterator[None]:
-    """While openwakeword builds its onnxruntime sessions (it makes their ``SessionOptions`` itself), turn off
-    the CPU memory arena and pattern planning: for these small models the arena holds ~35 MB that inference
-    does not need, at no measurable CPU cost (``bench/listening_cpu.py``, ``bench/memory.py``)."""
+def _lean_model_build() -> Iterator[None]:
+    """While openwakeword builds its model, (1) turn off onnxruntime's CPU memory arena and pattern planning
+    (it makes its sessions' ``SessionOptions`` itself): for these small models the arena holds ~35 MB that
+    inference does not need, at no measurable CPU cost (``bench/listening_cpu.py``, ``bench/memory.py``);
+    (2) fill its feature buffer a few mel windows at a time (:func:`_embeddings_in_small_batches`)."""
     import onnxruntime
 
     class Options(onnxruntime.SessionOptions):  # type: ignore[misc]
@@ -224,7 +248,10 @@ def _sessions_without_memory_arena() -> Iterator[None]:
             self.enable_cpu_mem_arena = False
             self.enable_mem_pattern = False
 
-    with _ORT_PATCH_LOCK, mock.patch.object(onnxruntime, "SessionOptions", Options):
+    from openwakeword.utils import AudioFeatures
+
+    with (_ORT_PATCH_LOCK, mock.patch.object(onnxruntime, "SessionOptions", Options),
+          mock.patch.object(AudioFeatures, "_get_embeddings", _embeddings_in_small_batches)):
         yield
 
 
@@ -240,7 +267,7 @@ class WakeEngine:
         self.cfg = cfg
         models = resolve_models(cfg.models)
         try:
-            with _sessions_without_memory_arena():
+            with _lean_model_build():
                 self.model = model_class(
                     wakeword_models=[str(path) for _, path in models],
                     inference_framework="onnx",

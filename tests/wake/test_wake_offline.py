@@ -236,3 +236,27 @@ def test_the_wake_engine_loads_without_the_verifier_trainer_and_still_detects(sp
                          timeout=120, check=False)
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == ["1", "False", "True", "trainer", "True"], run.stdout
+
+
+def test_the_lean_engine_scores_every_frame_as_openwakeword_itself_does(speak: Speak) -> None:
+    """kioskd builds openWakeWord leaner (no memory arena, the feature buffer filled a few windows at a time,
+    one second of raw audio kept instead of ten); the scores it acts on are openWakeWord's own, frame by
+    frame, over 15 s of speech with the wake word in the middle."""
+    from kioskd.wake import _openwakeword_model_class, resolve_models
+
+    words = [speech(speak, text, "en-us") for text in SENTENCES[:4]]
+    clip = to_int16(np.concatenate([*words[:2], speech(speak, "Hey Jarvis, where is the exit?", "en-us"),
+                                    *words[2:], silence(1.0)]))
+    assert len(clip) / WAKE_RATE >= 15.0
+    engine = WakeEngine(WakeConfig(silence_gate_dbfs=None))
+    plain = _openwakeword_model_class()(wakeword_models=[str(path) for _, path in resolve_models(["hey_jarvis"])],
+                                        inference_framework="onnx", ncpu=1)
+    # Both start from their own noise; after 2 s (longer than the model's 1.28 s of context) only the audio counts.
+    settled = 2 * WAKE_RATE // 1280
+    ours, theirs = [], []
+    for i in range(0, len(clip) - 1279, 1280):
+        frame = clip[i : i + 1280]
+        ours.append(float(engine.model.predict(frame)["hey_jarvis_v0.1"]))
+        theirs.append(float(plain.predict(frame)["hey_jarvis_v0.1"]))
+    np.testing.assert_allclose(ours[settled:], theirs[settled:], atol=1e-4)
+    assert max(theirs) >= WakeConfig().threshold  # the clip does wake: the comparison covers a detection
