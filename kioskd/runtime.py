@@ -24,6 +24,7 @@ from kioskd.config import EX_CONFIG, RealtimeConfig, Settings, load_or_exit, rep
 from kioskd.daemon import Daemon, DaemonEvent, State, install_signal_handlers
 from kioskd.health import Check, HealthServer
 from kioskd.logs import get_logger, log_event, register_secret, setup_logging
+from kioskd.memory import limit_malloc_arenas, release_free_memory
 from kioskd.metrics import Metrics
 from kioskd.realtime.auth import Authenticator, make_authenticator
 from kioskd.realtime.client import open_session
@@ -166,6 +167,8 @@ async def run_daemon(
 
     def report_state(state: State, reason: str) -> None:
         notifier.status(f"{state.value}: {reason}")
+        if state is State.LISTENING:
+            release_free_memory()  # what loading the model or the last session freed goes back to the system
 
     daemon.state_listeners.append(report_state)
     if on_daemon is not None:
@@ -274,6 +277,7 @@ def device_parts(settings: Settings) -> Parts:
 
 
 def run_device_daemon(args: argparse.Namespace) -> int:
+    limit_malloc_arenas()  # before any thread starts (kioskd.memory)
     settings = load_or_exit(args.config)
     setup_logging(settings.logging.level)
     try:
