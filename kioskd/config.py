@@ -60,7 +60,7 @@ class AudioConfig(_Section):
     capture_queue_blocks: int = Field(100, ge=4, le=10000)
     echo_cancellation: Literal["off", "builtin", "system"] = "builtin"
     echo_delay_ms: int = Field(40, ge=0, le=500)
-    echo_onset_guard_ms: int = Field(500, ge=0, le=3000, description="with builtin cancellation, gate the first "
+    echo_onset_guard_ms: int = Field(1250, ge=0, le=3000, description="with builtin cancellation, gate the first "
                                      "ms of playback after a pause, while the canceller re-locks")
     echo_gate: Literal["off", "on"] = "off"
     echo_gate_db: float = Field(0.0, ge=-60.0, le=30.0, description="while playing, the uplink must exceed "

@@ -16,13 +16,14 @@ and any voice detector, in one of three ways (``audio.echo_cancellation``):
     nothing does. Wheels exist for x86_64 and aarch64 (a Raspberry Pi 4/5 on 64-bit Raspberry Pi OS).
 
     One weakness was measured on the rig: when playback starts again after a pause (a reply, a new
-    sentence), AEC3 now and then lets 40-70 ms of the echo through almost unattenuated, 100-200 ms after
-    the echo's onset, about once in ten replies on a loaded machine — enough for the service's VAD to open a
-    turn. The *onset guard* (``audio.echo_onset_guard_ms``, 500 ms by default) covers that window: for that
-    long after playback resumes following :data:`ONSET_GAP_S` of quiet, the uplink passes only frames louder
-    than the playback + ``echo_gate_db`` (the echo gate's rule, below). A visitor who starts speaking in
-    that half second and is quieter than the assistant is heard from its end on, not from their first
-    syllable; after it, nothing is gated.
+    sentence), AEC3 now and then lets the echo through only 10-20 dB down, for 40-300 ms, at two moments:
+    100-200 ms after the echo's onset, and again 0.9-1.1 s after it (every leak whose timing was recorded
+    began in one of those windows; about one reply in forty) — enough for the service's VAD to open a turn.
+    The *onset guard* (``audio.echo_onset_guard_ms``, 1250 ms by default) covers both: for that long after
+    playback resumes following :data:`ONSET_GAP_S` of quiet, the uplink passes only frames louder than the
+    playback + ``echo_gate_db`` (the echo gate's rule, below). A visitor who starts speaking in that time and
+    is quieter than the assistant is heard from its end on, not from their first syllable (they can still
+    interrupt, up to 1.25 s later); after it, nothing is gated. 500 ms covers only the first window.
 ``system``
     kioskd does nothing itself: the sound server cancels the echo. The operator routes kioskd through
     PulseAudio's (or PipeWire's) echo canceller, e.g. for PulseAudio::
