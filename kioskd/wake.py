@@ -195,15 +195,14 @@ _RAW_KEPT = WAKE_RATE
 # mel windows: ~40 MB of intermediate tensors at once, held afterwards by the C allocator as free heap. A few
 # windows per call give the same embeddings at a fraction of the peak.
 _EMBEDDING_BATCH = 4
-_MEL_WINDOW = 76
-_MEL_STEP = 8
 
 
-def _embeddings_in_small_batches(pre: Any, x: Int16Array, *args: Any, **kwargs: Any) -> Any:
+def _embeddings_in_small_batches(pre: Any, x: Int16Array, window_size: int = 76, step_size: int = 8,
+                                 **kwargs: Any) -> Any:
     """``openwakeword.utils.AudioFeatures._get_embeddings`` (0.5.1) with the windows run a few at a time."""
     spec = pre._get_melspectrogram(x, **kwargs)
-    windows = [spec[i : i + _MEL_WINDOW] for i in range(0, spec.shape[0], _MEL_STEP)]
-    batch = np.expand_dims(np.array([w for w in windows if w.shape[0] == _MEL_WINDOW]), axis=-1).astype(np.float32)
+    windows = [spec[i : i + window_size] for i in range(0, spec.shape[0], step_size)]
+    batch = np.expand_dims(np.array([w for w in windows if w.shape[0] == window_size]), axis=-1).astype(np.float32)
     parts = [np.asarray(pre.embedding_model_predict(batch[i : i + _EMBEDDING_BATCH]))
              for i in range(0, len(batch), _EMBEDDING_BATCH)]
     return np.concatenate([p.reshape(-1, p.shape[-1]) for p in parts])
@@ -237,8 +236,9 @@ def _openwakeword_model_class() -> Any:
 @contextlib.contextmanager
 def _lean_model_build() -> Iterator[None]:
     """While openwakeword builds its model, (1) turn off onnxruntime's CPU memory arena and pattern planning
-    (it makes its sessions' ``SessionOptions`` itself): for these small models the arena holds ~35 MB that
-    inference does not need, at no measurable CPU cost (``bench/listening_cpu.py``, ``bench/memory.py``);
+    (it makes its sessions' ``SessionOptions`` itself): for these small models the arena holds memory that
+    inference does not need, at no measurable CPU cost (``bench/listening_cpu.py``; ``bench/memory.py``
+    measures what this context saves);
     (2) fill its feature buffer a few mel windows at a time (:func:`_embeddings_in_small_batches`)."""
     import onnxruntime
 
