@@ -15,15 +15,18 @@ and any voice detector, in one of three ways (``audio.echo_cancellation``):
     over the reply audible, and costs about 1-2 % of one core while something plays and nothing while
     nothing does. Wheels exist for x86_64 and aarch64 (a Raspberry Pi 4/5 on 64-bit Raspberry Pi OS).
 
-    One weakness was measured on the rig: when playback starts again after a pause (a reply, a new
-    sentence), AEC3 now and then lets the echo through only 10-20 dB down, for 40-300 ms, at two moments:
-    100-200 ms after the echo's onset, and again 0.9-1.1 s after it (every leak whose timing was recorded
-    began in one of those windows; about one reply in forty) — enough for the service's VAD to open a turn.
-    The *onset guard* (``audio.echo_onset_guard_ms``, 1250 ms by default) covers both: for that long after
-    playback resumes following :data:`ONSET_GAP_S` of quiet, the uplink passes only frames louder than the
-    playback + ``echo_gate_db`` (the echo gate's rule, below). A visitor who starts speaking in that time and
-    is quieter than the assistant is heard from its end on, not from their first syllable (they can still
-    interrupt, up to 1.25 s later); after it, nothing is gated. 500 ms covers only the first window.
+    The canceller must see the echo at a fixed delay behind the reference: each jump of that delay makes
+    AEC3 search for it again, and while it does it lets echo through, 10-20 dB down, for 40-300 ms, mostly
+    at the start of the next replies. So it gets one reference frame per microphone frame, sample for
+    sample (:meth:`UplinkEcho._frames`); the devices' clocks place the reference and move it only when a
+    device lost time. A jump of the real echo path (a device that dropped a few milliseconds of audio)
+    still costs a second or two of such leaks. The *onset guard*
+    (``audio.echo_onset_guard_ms``, 1250 ms by default) covers them: for that long after playback resumes
+    following :data:`ONSET_GAP_S` of quiet, the uplink passes only frames louder than the playback +
+    ``echo_gate_db`` (the echo gate's rule, below). A visitor who starts speaking in that time and is
+    quieter than the assistant is heard from its end on, not from their first syllable (they can still
+    interrupt, up to 1.25 s later); after it, nothing is gated.
+
 ``system``
     kioskd does nothing itself: the sound server cancels the echo. The operator routes kioskd through
     PulseAudio's (or PipeWire's) echo canceller, e.g. for PulseAudio::
@@ -84,6 +87,17 @@ REFERENCE_LAG_S = 0.05
 The echo of a block reaches the loop later than the block itself (output latency + the room + input
 latency, 60-200 ms on the devices measured), so the canceller still sees every sound before its echo, and
 the reference has time to arrive from the output thread and through its resampler.
+"""
+RESYNC_S = 0.04
+"""How far apart the two devices' clocks may drift before the reference is moved to match them.
+
+The canceller gets exactly one reference frame per microphone frame, the next 10 ms of the reference
+sample for sample, so the echo's delay it sees stays put, as it does in the room. The clocks
+(:class:`StreamClock`) decide where the reference starts, and move it only when a device lost time (an
+underrun or an overflow that its clock confirmed) or when they have drifted this far apart: slow drift
+between two sound cards is left to the canceller, which follows a few milliseconds by itself. Following
+the callbacks' times more closely moved the reference by 10 ms every minute or so on the rig, and every
+such jump makes the canceller search for the echo's delay again and let echo through while it does.
 """
 ONSET_GAP_S = 0.25
 """Playback that becomes audible after at least this long without arms the onset guard (a reply's start, a new
@@ -243,6 +257,11 @@ class StreamClock:
         assert self.baseline is not None
         return self.baseline + index / self.rate + self._offset(index)
 
+    def index_at(self, at: float) -> float:
+        """Which sample was handed over at ``at`` (recent times: the lost time found so far is all before it)."""
+        assert self.baseline is not None
+        return (at - self.baseline - self._offset(self.samples)) * self.rate
+
 
 class EchoGate:
     """The fallback: while something plays, silence uplink frames no louder than the playback + ``level_db``.
@@ -332,10 +351,12 @@ class UplinkEcho:
         self._clock = clock
         self.playout: StreamClock | None = None  # the reference's timeline (at the output device's rate)
         self.capture_clock = StreamClock(REALTIME_RATE, confirm_s=1.0)
-        self._segments: collections.deque[tuple[float, Int16Array]] = collections.deque()  # (device index, pcm)
-        self._ref_index = 0.0  # reference samples (24 kHz) taken so far, for their times
-        self._cursor: float | None = None  # time of the next reference frame for the canceller
+        self._segments: collections.deque[tuple[int, Int16Array]] = collections.deque()  # (24 kHz index, pcm)
+        self._ref_index = 0  # reference samples (24 kHz) taken so far: the index of the next one
+        self._cursor: int | None = None  # 24 kHz index of the next reference frame for the canceller
+        self._shifts_seen = (0, 0)  # lost time the two clocks had found when the reference was last placed
         self.reference_gaps = 0
+        self.resyncs = 0  # times the reference was moved against the microphone (starts included)
         self._pending_in = np.zeros(0, dtype=np.int16)
         self._pending_out = np.zeros(0, dtype=np.int16)
         self._hold = int(HOLD_S * REALTIME_RATE)
@@ -407,8 +428,9 @@ class UplinkEcho:
             if self.playout is None or self.playout.rate != rate:
                 self.playout = StreamClock(rate)
                 self._resampler = Resampler(rate, REALTIME_RATE)
-                self._ref_index = 0.0
+                self._ref_index = 0
                 self._segments.clear()
+                self._cursor = None
             self.playout.note(len(pcm), pushed_at)
             if np.any(np.abs(pcm) > _AUDIBLE):
                 if self._since_audible >= self._onset_gap:  # sound after a pause: the canceller re-locks
@@ -417,32 +439,35 @@ class UplinkEcho:
             elif not self.active:
                 assert self._resampler is not None
                 self._resampler.reset()
-                self._ref_index = self.playout.samples * REALTIME_RATE / rate
+                self._ref_index = round(self.playout.samples * REALTIME_RATE / rate)
                 continue
             assert self._resampler is not None
             ref = to_int16(self._resampler.process(to_float(pcm)))
             # The resampler hands out whole chunks now and then: time its output by its own sample count.
             if len(ref):
-                self._segments.append((self._ref_index * rate / REALTIME_RATE, ref))
+                self._segments.append((self._ref_index, ref))
                 self._ref_index += len(ref)
 
-    def _reference_frame(self, until: float) -> Int16Array:
-        """The reference played in the 10 ms before ``until`` (zeros where nothing was played)."""
-        frame = np.zeros(FRAME, dtype=np.int16)
-        begin = until - FRAME / REALTIME_RATE
-        segments = self._segments
+    def _reference_time(self, index: int) -> float:
+        """When the reference's 24 kHz sample ``index`` was handed to the output device."""
         playout = self.playout
         assert playout is not None
-        while segments and playout.time_of(segments[0][0]) + len(segments[0][1]) / REALTIME_RATE <= begin:
+        return playout.time_of(index * playout.rate / REALTIME_RATE)
+
+    def _reference_frame(self, first: int) -> Int16Array:
+        """The reference's 24 kHz samples ``first`` to ``first + FRAME`` (zeros where nothing was played)."""
+        frame = np.zeros(FRAME, dtype=np.int16)
+        end = first + FRAME
+        segments = self._segments
+        while segments and segments[0][0] + len(segments[0][1]) <= first:
             segments.popleft()
         covered = 0
-        for index, pcm in segments:
-            first = round((playout.time_of(index) - begin) * REALTIME_RATE)
-            if first >= FRAME:
+        for start, pcm in segments:
+            if start >= end:
                 break
-            lo, hi = max(0, -first), min(len(pcm), FRAME - first)
+            lo, hi = max(first, start), min(end, start + len(pcm))
             if hi > lo:
-                frame[first + lo : first + hi] = pcm[lo:hi]
+                frame[lo - first : hi - first] = pcm[lo - start : hi - start]
                 covered += hi - lo
         if covered < FRAME // 2:
             self.reference_gaps += 1
@@ -451,10 +476,12 @@ class UplinkEcho:
     def _frames(self, frames: Int16Array, first_index: float) -> Int16Array:
         """Whole 10 ms frames of uplink (``first_index`` on the capture timeline) through canceller and gate.
 
-        Before each microphone frame the canceller gets the reference frames played up to
-        :data:`REFERENCE_LAG_S` before it: one per microphone frame when both devices keep time, so the
-        canceller sees the steady interleaving it is built for, whatever the chunks the devices and the
-        resamplers deliver in.
+        Before each microphone frame the canceller gets one reference frame: the 10 ms of reference that
+        follow the previous one, sample for sample. Where the reference starts is set by the clocks: the
+        frame that ends :data:`REFERENCE_LAG_S` before the microphone frame; it is set again only when a
+        device lost time or the two clocks drifted more than :data:`RESYNC_S` apart. The canceller sees the
+        steady interleaving and the fixed echo delay it is built for, whatever the chunks the devices and
+        the resamplers deliver in and however their callbacks' times wobble.
         """
         if not self.active or self.playout is None or self.playout.baseline is None:
             self._segments.clear()
@@ -463,22 +490,26 @@ class UplinkEcho:
                 self.gate.note_silence(len(frames) // FRAME)
             return frames
         canceller = self.canceller
-        step = FRAME / REALTIME_RATE
+        playout = self.playout
         out = np.empty_like(frames)
         try:
             for i in range(0, len(frames), FRAME):
                 due = self.capture_clock.time_of(first_index + i + FRAME) - REFERENCE_LAG_S
-                if self._cursor is None or not due - 0.2 < self._cursor <= due + step:
-                    self._cursor = due - step  # (re)start: the canceller's own delay search covers the jump
-                while self._cursor + step <= due + 1e-6:
-                    self._cursor += step
-                    ref = self._reference_frame(self._cursor)
-                    if canceller is not None:
-                        canceller.render(ref)
-                    if self.gate is not None:
-                        self.gate.note_reference(ref)
-                    if self.onset_guard is not None:
-                        self.onset_guard.note_reference(ref)
+                shifts = (playout.shifts, self.capture_clock.shifts)
+                if (self._cursor is None or shifts != self._shifts_seen
+                        or abs(self._reference_time(self._cursor + FRAME) - due) > RESYNC_S):
+                    # (Re)start: the canceller's own delay search covers the jump.
+                    end = round(playout.index_at(due) * REALTIME_RATE / playout.rate)
+                    self._cursor, self._shifts_seen = end - FRAME, shifts
+                    self.resyncs += 1
+                ref = self._reference_frame(self._cursor)
+                self._cursor += FRAME
+                if canceller is not None:
+                    canceller.render(ref)
+                if self.gate is not None:
+                    self.gate.note_reference(ref)
+                if self.onset_guard is not None:
+                    self.onset_guard.note_reference(ref)
                 frame = frames[i : i + FRAME]
                 if canceller is not None:
                     frame = canceller.capture(frame, self.delay_ms)

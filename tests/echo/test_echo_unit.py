@@ -58,12 +58,17 @@ def to_i16(x: np.ndarray) -> np.ndarray:
 
 
 def run(echo: UplinkEcho, far: np.ndarray, mic: np.ndarray, *, out_rate: int = 48_000, block_ms: int = 20,
-        lead_ms: int = 60) -> np.ndarray:
+        lead_ms: int = 60, mic_ppm: float = 0.0, mic_lost: tuple[int, int] = (0, 0),
+        jitter_ms: float = 0.0) -> np.ndarray:
     """Play ``far`` through the tap and capture ``mic``, block by block, as the devices would hand them over.
 
     The output device asks for each block ``lead_ms`` before its sound reaches the room (its buffer); the
-    microphone's blocks arrive as they are recorded.
+    microphone's blocks arrive as they are recorded, by a clock ``mic_ppm`` slower (or, negative, faster)
+    than the output's. ``mic_lost = (k, n)``: the microphone lost ``n`` blocks' worth of time before block
+    ``k`` (an overflow): every later block arrives that much later. ``jitter_ms``: each callback of
+    either device comes up to that much late (scheduling), never early.
     """
+    rng = np.random.default_rng(11)
     now = [0.0]
     echo._clock = echo.tap._clock = lambda: now[0]  # the test's clock, for the tap's times too
     far_out = resample(np.asarray(far, dtype=np.float32), RATE, out_rate)
@@ -75,10 +80,11 @@ def run(echo: UplinkEcho, far: np.ndarray, mic: np.ndarray, *, out_rate: int = 4
     for k in range(n_in):
         t = (k + 1) * block_ms / 1000
         while pushed * block_ms / 1000 <= t + lead_ms / 1000 and (pushed + 1) * out_block <= len(far_out):
-            now[0] = pushed * block_ms / 1000 - lead_ms / 1000
+            now[0] = pushed * block_ms / 1000 - lead_ms / 1000 + rng.uniform(0, jitter_ms / 1000)
             echo.tap.push(to_i16(far_out[pushed * out_block : (pushed + 1) * out_block]), out_rate)
             pushed += 1
-        now[0] = t
+        now[0] = (t * (1 + mic_ppm * 1e-6) + (mic_lost[1] * block_ms / 1000 if k >= mic_lost[0] else 0.0)
+                  + rng.uniform(0, jitter_ms / 1000))
         out.append(echo.process(to_i16(mic[k * in_block : (k + 1) * in_block])))
     return np.concatenate(out).astype(np.float64) / 32768
 
@@ -197,6 +203,54 @@ def test_a_late_output_callback_is_not_an_underrun_but_lost_time_is() -> None:
     assert clock.shifts == 1
     assert clock.time_of(31 * block) == pytest.approx(30 * 0.02 + 0.08, abs=0.002)  # block 30 ends at 31
     assert clock.time_of(6 * block) == pytest.approx(5 * 0.02, abs=0.002)
+
+
+def lag_of(played: np.ndarray, chunk: np.ndarray, at: int) -> int:
+    """Where in ``played`` the ``chunk`` found at sample ``at`` of a copy of it starts, relative to ``at``."""
+    window = played[max(0, at - RATE // 10) : at + len(chunk) + RATE // 10]
+    corr = np.correlate(window, chunk, mode="valid")
+    return int(np.argmax(corr)) + max(0, at - RATE // 10) - at
+
+
+class _RecordingCanceller:
+    """Cancels nothing; notes what the canceller is fed, in order: "r" for a reference frame, "c" for a capture."""
+
+    name = "recording"
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.reference: list[np.ndarray] = []
+
+    def render(self, frame: np.ndarray) -> None:
+        self.calls.append("r")
+        self.reference.append(frame.copy())
+
+    def capture(self, frame: np.ndarray, delay_ms: int) -> np.ndarray:
+        self.calls.append("c")
+        return frame
+
+
+def test_the_canceller_gets_the_reference_frame_by_frame_while_the_clocks_drift_apart() -> None:
+    """The echo's delay the canceller sees must not jump while the microphone's clock drifts against the
+    speaker's (here 800 ppm, 16 ms over 20 s) and both devices' callbacks wobble by up to 5 ms: one
+    reference frame before each microphone frame, each the 10 ms after the previous one, sample for sample.
+    Only lost time (a microphone overflow) moves the reference, once."""
+    seconds = 20
+    far = np.random.default_rng(5).normal(0, 0.1, RATE * seconds).astype(np.float32)
+    canceller = _RecordingCanceller()
+    echo = UplinkEcho(ReferenceTap(), canceller=canceller)
+    run(echo, far, np.zeros(len(far)), mic_ppm=-800, jitter_ms=5)
+    calls = "".join(canceller.calls)
+    assert calls == "rc" * (len(calls) // 2), "a microphone frame got no reference frame, or two"
+    fed = np.concatenate(canceller.reference).astype(np.float64) / 32768
+    lags = {lag_of(far, fed[k * RATE : (k + 1) * RATE], k * RATE) for k in range(1, seconds - 1)}
+    assert len(lags) == 1, f"the reference the canceller saw jumped against what was played: {sorted(lags)}"
+    assert echo.resyncs == 1
+
+    canceller = _RecordingCanceller()
+    echo = UplinkEcho(ReferenceTap(), canceller=canceller)
+    run(echo, far[: RATE * 4], np.zeros(RATE * 4), mic_lost=(100, 3))  # 60 ms lost two seconds in
+    assert echo.resyncs == 2, "lost time beyond the tolerance moves the reference to match, once"
 
 
 def test_the_tap_is_bounded_and_counts_what_it_dropped() -> None:
