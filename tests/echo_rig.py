@@ -4,11 +4,13 @@
 
 * the direct echo: ``module-loopback`` from the speaker's monitor (``rig_speaker.monitor``) into the
   microphone's sink (``rig_mic_in``) with ``latency_msec`` = the echo delay; the loopback's sink-input volume
-  sets the attenuation in dB (``pactl set-sink-input-volume IDX -- -6dB``). The loopback is clocked by the
-  server like everything else and holds its latency by adapting its resampler, so the delay stays put;
+  sets the attenuation in dB (``pactl set-sink-input-volume IDX -- -6dB``). Both sinks run on the server's
+  one clock, as a room's speaker and microphone share the air, so the loopback's rate adaptation is off
+  (``adjust_time=0``): with it on, the loopback's resampler walked the delay 15-25 ms away from the set
+  value within two minutes (measured by cross-correlating kioskd's reference with its microphone), which
+  no room does;
 * room colouring: a second, later and quieter loopback (a reflection off a wall a few metres away), which
-  makes the echo path a comb filter rather than a pure delay, and lets the two arrivals drift by a
-  millisecond or so against each other as their resamplers adapt, as a real room's path changes a little;
+  makes the echo path a comb filter rather than a pure delay;
 * room noise: pink noise at a fixed level played into ``rig_mic_in`` by ``pacat`` (fed from a thread; the
   server paces it).
 
@@ -155,7 +157,7 @@ class EchoRig:
     def _loopback(self, latency_ms: int, gain_db: float) -> None:
         module = self.rig.pactl(
             "load-module", "module-loopback", f"source={SPEAKER}.monitor", f"sink={MIC_SINK}",
-            f"latency_msec={latency_ms}", "source_dont_move=true", "sink_dont_move=true",
+            f"latency_msec={latency_ms}", "adjust_time=0", "source_dont_move=true", "sink_dont_move=true",
             "sink_input_properties=media.name=rig-echo", "source_output_properties=media.name=rig-echo",
         ).strip()
         self._modules.append(module)
