@@ -89,15 +89,12 @@ latency, 60-200 ms on the devices measured), so the canceller still sees every s
 the reference has time to arrive from the output thread and through its resampler.
 """
 RESYNC_S = 0.04
-"""How far apart the two devices' clocks may drift before the reference is moved to match them.
+"""How far the reference may drift from where the clocks put it before it is moved there again.
 
-The canceller gets exactly one reference frame per microphone frame, the next 10 ms of the reference
-sample for sample, so the echo's delay it sees stays put, as it does in the room. The clocks
-(:class:`StreamClock`) decide where the reference starts, and move it only when a device lost time (an
-underrun or an overflow that its clock confirmed) or when they have drifted this far apart: slow drift
-between two sound cards is left to the canceller, which follows a few milliseconds by itself. Following
-the callbacks' times more closely moved the reference by 10 ms every minute or so on the rig, and every
-such jump makes the canceller search for the echo's delay again and let echo through while it does.
+Between moves the canceller gets the reference sample for sample (:meth:`UplinkEcho._frames`): slow drift
+between two sound cards is left to the canceller, which follows a few milliseconds by itself. Less than
+:data:`REFERENCE_LAG_S`, so that however the drift goes, each reference frame still ends before the
+microphone frame it is paired with.
 """
 ONSET_GAP_S = 0.25
 """Playback that becomes audible after at least this long without arms the onset guard (a reply's start, a new

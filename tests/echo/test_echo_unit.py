@@ -213,7 +213,8 @@ def lag_of(played: np.ndarray, chunk: np.ndarray, at: int) -> int:
 
 
 class _RecordingCanceller:
-    """Cancels nothing; notes what the canceller is fed, in order: "r" for a reference frame, "c" for a capture."""
+    """Cancels nothing (whatever it lets through, only the onset guard can stop); notes what it is fed, in
+    order: "r" for a reference frame, "c" for a microphone frame."""
 
     name = "recording"
 
@@ -301,23 +302,11 @@ def test_a_canceller_that_fails_midway_is_switched_off_not_raised(reply: np.ndar
     assert echo.describe() == "off (breaks failed: native library error)"
 
 
-class _LeakyCanceller:
-    """A canceller that removes nothing: whatever it lets through, only the onset guard can stop."""
-
-    name = "leaky"
-
-    def render(self, frame: np.ndarray) -> None:
-        pass
-
-    def capture(self, frame: np.ndarray, delay_ms: int) -> np.ndarray:
-        return frame
-
-
 def test_the_onset_guard_covers_the_start_of_each_reply_after_a_pause(reply: np.ndarray) -> None:
     """For ``echo_onset_guard_ms`` after playback resumes from a pause, echo quieter than the playback is
     silenced; a comma's short pause does not re-arm the guard, a pause between replies does."""
     cfg = AudioConfig(echo_onset_guard_ms=500)
-    echo = build_uplink_echo(cfg, make_canceller=_LeakyCanceller)
+    echo = build_uplink_echo(cfg, make_canceller=_RecordingCanceller)
     tone = reply[: RATE * 2]
     comma = np.zeros(RATE * 150 // 1000, dtype=np.float32)
     between = np.zeros(RATE, dtype=np.float32)
@@ -340,7 +329,7 @@ def test_a_visitor_louder_than_the_playback_passes_the_onset_guard(reply: np.nda
     visitor = speech(speak, "Stop, stop please")
     near = np.zeros(len(reply))
     near[RATE // 10 : RATE // 10 + len(visitor)] = visitor[: len(reply) - RATE // 10] * 10 ** (6 / 20)
-    echo = build_uplink_echo(AudioConfig(echo_onset_guard_ms=500), make_canceller=_LeakyCanceller)
+    echo = build_uplink_echo(AudioConfig(echo_onset_guard_ms=500), make_canceller=_RecordingCanceller)
     out = run(echo, reply, room(reply, gain_db=-10) + near)
     during = frame_levels(out[RATE * 150 // 1000 : RATE // 2])
     assert np.count_nonzero(during > -45) > 10, "the visitor was silenced by the onset guard"
